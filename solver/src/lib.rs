@@ -1,0 +1,3 @@
+//! rbuild's solver: the build graph IR, and (later) cache keys and scheduling.
+
+pub mod graph;
