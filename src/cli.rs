@@ -1,0 +1,181 @@
+//! Command-line definitions. Flag names and meanings follow `docker buildx build`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// rbuild: build OCI images from Dockerfiles, without a daemon and without root.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbuild",
+    version,
+    about,
+    after_help = "`rbuild [OPTIONS] PATH` is short for `rbuild build [OPTIONS] PATH`."
+)]
+pub struct Cli {
+    /// Store root [default: $RBUILD_ROOT, else ~/.local/share/rbuild, or /var/lib/rbuild for root].
+    #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a Dockerfile and a context.
+    Build(BuildArgs),
+}
+
+/// `rbuild build` flags.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build context: a directory, or `-` to read a tar archive (or a Dockerfile) from stdin.
+    #[arg(value_name = "PATH|-")]
+    pub context: String,
+
+    /// Name of the Dockerfile [default: PATH/Dockerfile]; `-` reads it from stdin.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<String>,
+
+    /// Name and optionally a tag (`name:tag`); may be given several times.
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+
+    /// Set a build-time variable: `NAME=VALUE`, or `NAME` to take it from the environment.
+    #[arg(long = "build-arg", value_name = "NAME[=VALUE]")]
+    pub build_args: Vec<String>,
+
+    /// Build this stage instead of the last one.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+
+    /// Target platform, e.g. `linux/amd64`.
+    #[arg(long, value_name = "PLATFORM", value_delimiter = ',')]
+    pub platform: Vec<String>,
+
+    /// Do not use the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Do not use the cache for these stages.
+    #[arg(long, value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+
+    /// Always look for newer versions of base images.
+    #[arg(long)]
+    pub pull: bool,
+
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = Progress::Auto, env = "BUILDKIT_PROGRESS")]
+    pub progress: Progress,
+
+    /// Only print the image ID (same as --progress=quiet).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// Push the image to its registry (shorthand for --output=type=registry).
+    #[arg(long)]
+    pub push: bool,
+
+    /// Output destination: `type=local,dest=DIR`, `type=oci,dest=FILE`, `type=docker,dest=FILE`,
+    /// `type=tar,dest=FILE`, `type=image`, `type=registry`; a bare path means `type=local,dest=PATH`.
+    #[arg(short = 'o', long = "output", value_name = "OUTPUT")]
+    pub outputs: Vec<String>,
+
+    /// Import cache: `type=registry,ref=…`, `type=local,src=DIR`.
+    #[arg(long, value_name = "SOURCE")]
+    pub cache_from: Vec<String>,
+
+    /// Export cache: `type=registry,ref=…`, `type=local,dest=DIR`, `type=inline`.
+    #[arg(long, value_name = "DEST")]
+    pub cache_to: Vec<String>,
+
+    /// Secret to expose to RUN --mount=type=secret: `id=ID[,src=FILE|,env=VAR]`.
+    #[arg(long, value_name = "SPEC")]
+    pub secret: Vec<String>,
+
+    /// SSH agent socket or keys for RUN --mount=type=ssh: `default|ID[=SOCKET|KEY[,KEY]]`.
+    #[arg(long, value_name = "SPEC")]
+    pub ssh: Vec<String>,
+
+    /// Additional build context: `NAME=PATH`, `NAME=docker-image://REF`, `NAME=oci-layout://DIR[:TAG]`.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+
+    /// Set a label on the image: `KEY=VALUE`.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+
+    /// Network mode for RUN instructions.
+    #[arg(long, value_enum, default_value_t = NetworkArg::Default)]
+    pub network: NetworkArg,
+
+    /// Write the image ID to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+
+    /// Write build result metadata (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+
+    /// Instead of building: `targets` lists the stages, `check` runs the build
+    /// checks, `graph` prints the build graph as JSON, `outline` the build
+    /// arguments and secrets.
+    #[arg(long, value_enum, default_value_t = Call::Build)]
+    pub call: Call,
+
+    /// Shorthand for --call=check.
+    #[arg(long)]
+    pub check: bool,
+
+    /// How many steps may run at once [default: number of CPUs].
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// `--progress` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// tty when stderr is a terminal, else plain.
+    Auto,
+    /// Live display of running steps.
+    Tty,
+    /// Numbered lines, for logs.
+    Plain,
+    /// One JSON event per line.
+    Json,
+    /// Only the image ID.
+    Quiet,
+}
+
+/// `--network` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// The default: the host's network (as rootless BuildKit).
+    Default,
+    /// No network.
+    None,
+    /// The host's network.
+    Host,
+}
+
+/// `--call` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Call {
+    /// Build the image (the default).
+    Build,
+    /// Run the build checks and print the findings; exit 1 if there are any.
+    Check,
+    /// List the stages that can be built with --target.
+    Targets,
+    /// Print the build graph as JSON.
+    Graph,
+    /// Print the build arguments, secrets and ssh ids the target uses.
+    Outline,
+}
+
+/// Subcommand names, for telling `rbuild PATH` apart from `rbuild SUBCOMMAND`.
+pub const SUBCOMMANDS: &[&str] = &["build", "help"];
