@@ -122,8 +122,7 @@ pub struct BuildArgs {
     pub metadata_file: Option<PathBuf>,
 
     /// Instead of building: `targets` lists the stages, `check` runs the build
-    /// checks, `graph` prints the build graph as JSON, `outline` the build
-    /// arguments and secrets.
+    /// checks, `graph` prints the build graph as JSON.
     #[arg(long, value_enum, default_value_t = Call::Build)]
     pub call: Call,
 
@@ -173,8 +172,6 @@ pub enum Call {
     Targets,
     /// Print the build graph as JSON.
     Graph,
-    /// Print the build arguments, secrets and ssh ids the target uses.
-    Outline,
 }
 
 /// Subcommand names, for telling `rbuild PATH` apart from `rbuild SUBCOMMAND`.

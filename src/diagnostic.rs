@@ -76,13 +76,30 @@ fn snippet(out: &mut String, source: &SourceFile, span: Span) {
     let _ = writeln!(out, "{:width$} |", "");
     for line in start.line..=shown_last {
         let text = source.line_text(line);
-        let display: String = text.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
+        let display: String = text
+            .chars()
+            .map(|c| if c == '\t' { ' ' } else { c })
+            .collect();
         let _ = writeln!(out, "{line:>width$} | {display}");
-        let from = if line == start.line { start.column - 1 } else { 0 };
+        let from = if line == start.line {
+            start.column - 1
+        } else {
+            0
+        };
         let chars = text.chars().count();
-        let to = if line == last_line && line == end.line { end.column - 1 } else { chars };
+        let to = if line == last_line && line == end.line {
+            end.column - 1
+        } else {
+            chars
+        };
         let carets = to.saturating_sub(from).max(1);
-        let _ = writeln!(out, "{:width$} | {}{}", "", " ".repeat(from), "^".repeat(carets));
+        let _ = writeln!(
+            out,
+            "{:width$} | {}{}",
+            "",
+            " ".repeat(from),
+            "^".repeat(carets)
+        );
     }
     if shown_last < last_line {
         let _ = writeln!(out, "{:width$} | ...", "");
@@ -105,7 +122,10 @@ mod tests {
         let src = SourceFile::new("Dockerfile", "FROM x\nRUNN echo\n");
         let err = Error::new("unknown instruction: RUNN", Span::new(7, 11));
         let text = render_error(&src, &err);
-        assert!(text.starts_with("error: Dockerfile:2:1: unknown instruction: RUNN\n"), "{text}");
+        assert!(
+            text.starts_with("error: Dockerfile:2:1: unknown instruction: RUNN\n"),
+            "{text}"
+        );
         assert!(text.contains("2 | RUNN echo\n"), "{text}");
         assert!(text.contains("  | ^^^^\n"), "{text}");
     }

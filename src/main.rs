@@ -1,1 +1,118 @@
-fn main() {}
+//! The `rbuild` command.
+
+mod build;
+mod cli;
+mod diagnostic;
+mod options;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, SUBCOMMANDS};
+
+/// Exit status for a build (or check) that failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status for bad usage: unknown flags, invalid flag values.
+pub const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(with_implicit_build(std::env::args_os().collect())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let result = match &cli.command {
+        Command::Build(args) => build::run(&cli, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprint!("{}", failure.message);
+            if !failure.message.ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: insert `build` when
+/// the first argument is not a subcommand or a top-level flag.
+fn with_implicit_build(mut args: Vec<OsString>) -> Vec<OsString> {
+    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    let top_level = matches!(first, "-h" | "--help" | "-V" | "--version");
+    if !top_level && !SUBCOMMANDS.contains(&first) {
+        args.insert(1, OsString::from("build"));
+    }
+    args
+}
+
+/// A failed command: what to print and the exit status.
+#[derive(Debug)]
+pub struct Failure {
+    /// The full message, already formatted.
+    pub message: String,
+    /// The exit status.
+    pub code: u8,
+}
+
+impl Failure {
+    /// Bad usage (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: format!("error: {}", message.into()),
+            code: EXIT_USAGE,
+        }
+    }
+
+    /// The build failed (exit 1).
+    pub fn failed(message: impl Into<String>) -> Self {
+        Failure {
+            message: format!("error: {}", message.into()),
+            code: EXIT_FAILED,
+        }
+    }
+
+    /// A pre-rendered diagnostic (exit 1).
+    pub fn rendered(message: String) -> Self {
+        Failure {
+            message,
+            code: EXIT_FAILED,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn shorthand_inserts_build() {
+        assert_eq!(
+            with_implicit_build(os(&["rbuild", "-t", "a", "."])),
+            os(&["rbuild", "build", "-t", "a", "."])
+        );
+        assert_eq!(
+            with_implicit_build(os(&["rbuild", "."])),
+            os(&["rbuild", "build", "."])
+        );
+        assert_eq!(
+            with_implicit_build(os(&["rbuild", "build", "."])),
+            os(&["rbuild", "build", "."])
+        );
+        assert_eq!(
+            with_implicit_build(os(&["rbuild", "--help"])),
+            os(&["rbuild", "--help"])
+        );
+    }
+}

@@ -17,7 +17,11 @@ pub struct OptionError {
 }
 
 fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> OptionError {
-    OptionError { flag, value: value.to_string(), reason: reason.into() }
+    OptionError {
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Splits a CSV record the way Go's encoding/csv does for one line: commas
@@ -67,7 +71,10 @@ pub fn split_csv(value: &str) -> Result<Vec<String>, String> {
 
 /// Splits `k=v,k2=v2` into ordered pairs; a field without `=` gets an empty
 /// value and `bare` set so callers can give it a meaning.
-fn csv_pairs(flag: &'static str, value: &str) -> Result<Vec<(String, Option<String>)>, OptionError> {
+fn csv_pairs(
+    flag: &'static str,
+    value: &str,
+) -> Result<Vec<(String, Option<String>)>, OptionError> {
     let fields = split_csv(value).map_err(|e| invalid(flag, value, e))?;
     Ok(fields
         .into_iter()
@@ -89,7 +96,11 @@ pub fn build_args(
     for value in values {
         match value.split_once('=') {
             Some(("", _)) => {
-                return Err(invalid("--build-arg", value, "the name before '=' is empty"))
+                return Err(invalid(
+                    "--build-arg",
+                    value,
+                    "the name before '=' is empty",
+                ))
             }
             Some((k, v)) => {
                 out.insert(k.to_string(), v.to_string());
@@ -130,7 +141,11 @@ pub fn platform(values: &[String]) -> Result<Option<Platform>, OptionError> {
             .map_err(|e| invalid("--platform", one, e.to_string())),
         [..] => Err(invalid(
             "--platform",
-            &values.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+            &values
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             "building for several platforms at once is not supported yet; build once per platform",
         )),
     }
@@ -161,7 +176,11 @@ pub fn outputs(values: &[String]) -> Result<Vec<Output>, OptionError> {
         let mut attrs = BTreeMap::new();
         for (k, v) in csv_pairs("--output", value)? {
             let Some(v) = v else {
-                return Err(invalid("--output", value, format!("{k:?} needs a value (key=value)")));
+                return Err(invalid(
+                    "--output",
+                    value,
+                    format!("{k:?} needs a value (key=value)"),
+                ));
             };
             if k == "type" {
                 kind = Some(v);
@@ -172,16 +191,31 @@ pub fn outputs(values: &[String]) -> Result<Vec<Output>, OptionError> {
         let Some(kind) = kind else {
             return Err(invalid("--output", value, "type=… is required"));
         };
-        const KINDS: &[&str] = &["local", "tar", "oci", "docker", "image", "registry", "cacheonly"];
+        const KINDS: &[&str] = &[
+            "local",
+            "tar",
+            "oci",
+            "docker",
+            "image",
+            "registry",
+            "cacheonly",
+        ];
         if !KINDS.contains(&kind.as_str()) {
             return Err(invalid(
                 "--output",
                 value,
-                format!("unknown type {kind:?}; expected one of {}", KINDS.join(", ")),
+                format!(
+                    "unknown type {kind:?}; expected one of {}",
+                    KINDS.join(", ")
+                ),
             ));
         }
         if matches!(kind.as_str(), "local" | "tar") && !attrs.contains_key("dest") {
-            return Err(invalid("--output", value, format!("type={kind} needs dest=PATH")));
+            return Err(invalid(
+                "--output",
+                value,
+                format!("type={kind} needs dest=PATH"),
+            ));
         }
         if let Some(c) = attrs.get("compression") {
             if !matches!(c.as_str(), "gzip" | "zstd" | "uncompressed" | "estargz") {
@@ -194,7 +228,11 @@ pub fn outputs(values: &[String]) -> Result<Vec<Output>, OptionError> {
         }
         if let Some(level) = attrs.get("compression-level") {
             if level.parse::<u8>().map_or(true, |l| l > 22) {
-                return Err(invalid("--output", value, "compression-level must be 0..22"));
+                return Err(invalid(
+                    "--output",
+                    value,
+                    "compression-level must be 0..22",
+                ));
             }
         }
         out.push(Output { kind, attrs });
@@ -325,11 +363,15 @@ pub fn secrets(values: &[String]) -> Result<Vec<SecretSpec>, OptionError> {
             return Err(invalid("--secret", value, "the id is empty"));
         }
         let source = match (src, env, kind.as_deref()) {
-            (Some(src), None, None | Some("file")) => SecretSource::File(src),
             (Some(src), None, Some("env")) => SecretSource::Env(src),
+            (Some(src), None, _) => SecretSource::File(src),
             (None, Some(env), _) => SecretSource::Env(env),
             (Some(_), Some(_), _) => {
-                return Err(invalid("--secret", value, "give either src= or env=, not both"))
+                return Err(invalid(
+                    "--secret",
+                    value,
+                    "give either src= or env=, not both",
+                ))
             }
             (None, None, Some("file")) => SecretSource::File(id.clone()),
             (None, None, _) => {
@@ -359,13 +401,22 @@ pub fn ssh_specs(values: &[String]) -> Result<Vec<SshSpec>, OptionError> {
     let mut out = Vec::new();
     for value in values {
         let (id, paths) = match value.split_once('=') {
-            Some((id, paths)) => {
-                (id.to_string(), paths.split(',').filter(|p| !p.is_empty()).map(String::from).collect())
-            }
+            Some((id, paths)) => (
+                id.to_string(),
+                paths
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
             None => (value.clone(), Vec::new()),
         };
         if id.is_empty() || id.contains(',') {
-            return Err(invalid("--ssh", value, "expected default, ID or ID=PATH[,PATH]"));
+            return Err(invalid(
+                "--ssh",
+                value,
+                "expected default, ID or ID=PATH[,PATH]",
+            ));
         }
         out.push(SshSpec { id, paths });
     }
@@ -429,7 +480,12 @@ mod tests {
     fn build_arg_forms() {
         let env = |k: &str| (k == "FROM_ENV").then(|| "v".to_string());
         let args = build_args(
-            &["A=1".into(), "B=".into(), "FROM_ENV".into(), "MISSING".into()],
+            &[
+                "A=1".into(),
+                "B=".into(),
+                "FROM_ENV".into(),
+                "MISSING".into(),
+            ],
             env,
         )
         .unwrap();

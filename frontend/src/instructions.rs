@@ -633,11 +633,16 @@ fn parse_copy(node: &Node, is_add: bool) -> Result<Copy> {
     let name = if is_add { "ADD" } else { "COPY" };
     let args = list(node);
     if args.len() < 2 {
+        let span = if args.is_empty() {
+            node.span
+        } else {
+            node.args_span
+        };
         return Err(Error::new(
             format!(
                 "{name} requires at least two arguments, but only one was provided. Destination could not be determined"
             ),
-            node.args_span,
+            span,
         ));
     }
     let mut specs: Vec<(&'static str, FlagKind)> = vec![

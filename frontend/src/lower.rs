@@ -178,7 +178,8 @@ struct Decl<'a> {
     platform: Option<Platform>,
     /// Commands to run: ONBUILD triggers of the base, then the stage's own.
     commands: Vec<(Instruction, bool)>,
-    deps: BTreeSet<usize>,
+    /// Stages this one copies or mounts from, with where it first does.
+    deps: BTreeMap<usize, Span>,
     resolved: Option<ResolvedImage>,
 }
 
@@ -495,7 +496,7 @@ impl<'a> Lowerer<'a> {
                 base,
                 platform,
                 commands: st.commands.iter().map(|c| (c.clone(), false)).collect(),
-                deps: BTreeSet::new(),
+                deps: BTreeMap::new(),
                 resolved: None,
             });
         }
@@ -639,14 +640,14 @@ impl<'a> Lowerer<'a> {
         &self,
         decls: &[Decl<'_>],
         commands: &[(Instruction, bool)],
-    ) -> Result<BTreeSet<usize>> {
-        let mut deps = BTreeSet::new();
+    ) -> Result<BTreeMap<usize, Span>> {
+        let mut deps = BTreeMap::new();
         for (instruction, _) in commands {
             match &instruction.command {
                 Command::Copy(c) => {
                     if let Some((v, span)) = self.copy_from(c)? {
                         if let Source::Stage(s) = self.resolve_source(decls, &v, span)? {
-                            deps.insert(s);
+                            deps.entry(s).or_insert(span);
                         }
                     }
                 }
@@ -658,7 +659,7 @@ impl<'a> Lowerer<'a> {
                                 .iter()
                                 .position(|d| d.name.as_deref() == Some(lower.as_str()))
                             {
-                                deps.insert(i);
+                                deps.entry(i).or_insert(m.span);
                             }
                         }
                     }
@@ -711,7 +712,7 @@ impl<'a> Lowerer<'a> {
                 if let BaseKind::Stage(p) = decls[i].base {
                     stack.push(p);
                 }
-                stack.extend(decls[i].deps.iter().copied());
+                stack.extend(decls[i].deps.keys().copied());
             }
             let mut changed = false;
             for &i in &reachable {
@@ -747,27 +748,30 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// Refuses dependency cycles, pointing at the reference that closes one.
     fn check_cycles(&self, decls: &[Decl<'_>]) -> Result<()> {
         fn visit(
             decls: &[Decl<'_>],
             i: usize,
             on_path: &mut Vec<bool>,
             done: &mut Vec<bool>,
-        ) -> Option<usize> {
-            if on_path[i] {
-                return Some(i);
-            }
-            if done[i] {
-                return None;
-            }
+        ) -> Option<(usize, Span)> {
             on_path[i] = true;
-            let mut next: Vec<usize> = decls[i].deps.iter().copied().collect();
+            // A FROM base is always an earlier stage, so only copies and
+            // mounts can close a cycle.
+            let mut next: Vec<(usize, Option<Span>)> =
+                decls[i].deps.iter().map(|(&d, &s)| (d, Some(s))).collect();
             if let BaseKind::Stage(p) = decls[i].base {
-                next.push(p);
+                next.push((p, None));
             }
-            for n in next {
-                if let Some(c) = visit(decls, n, on_path, done) {
-                    return Some(c);
+            for (n, span) in next {
+                if on_path[n] {
+                    return Some((n, span.unwrap_or(decls[i].df.node.span)));
+                }
+                if !done[n] {
+                    if let Some(found) = visit(decls, n, on_path, done) {
+                        return Some(found);
+                    }
                 }
             }
             on_path[i] = false;
@@ -777,16 +781,19 @@ impl<'a> Lowerer<'a> {
         let mut on_path = vec![false; decls.len()];
         let mut done = vec![false; decls.len()];
         for i in 0..decls.len() {
-            if let Some(c) = visit(decls, i, &mut on_path, &mut done) {
+            if done[i] {
+                continue;
+            }
+            if let Some((c, span)) = visit(decls, i, &mut on_path, &mut done) {
                 return Err(Error::new(
                     format!(
                         "circular dependency detected on stage: {}",
                         decls[c].display
                     ),
-                    decls[c].df.node.span,
+                    span,
                 )
                 .with_help(
-                    "a stage cannot copy or mount from itself or from a stage that depends on it",
+                    "a stage cannot copy or mount from itself, or from a stage that depends on it",
                 ));
             }
         }
@@ -1673,14 +1680,8 @@ impl<'a> Lowerer<'a> {
         };
         let target = resolve_target(&spec.target);
         if target == "/" {
-            return Err(Error::new(
-                format!("invalid mount target {:?}", spec.target),
-                span,
-            ));
-        }
-        if spec.target.is_empty() {
-            return Err(Error::new("mount target is required", span)
-                .with_help("add target=/path to the --mount"));
+            return Err(Error::new(format!("invalid mount target {target:?}"), span)
+                .with_help("give the mount a target directory other than /, e.g. target=/cache"));
         }
         Ok(Mount { target, kind })
     }

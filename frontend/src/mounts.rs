@@ -140,10 +140,12 @@ pub fn split_csv(value: &str) -> Result<Vec<String>, String> {
                     return Ok(fields);
                 }
                 Some(',') => i += 1,
-                Some(_) => return Err(format!(
+                Some(_) => {
+                    return Err(format!(
                     "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
                     i + 1
-                )),
+                ))
+                }
             }
         } else {
             loop {
