@@ -293,9 +293,10 @@ pub fn parse_dockerfile(text: &str) -> Result<Dockerfile> {
 
 /// Parses an ONBUILD trigger (as stored in an image config) for a child
 /// stage to run. Triggers are parsed on their own, like BuildKit does, and
-/// every position in them is reported at `at` (the child's FROM), since
-/// their text is not in the Dockerfile.
-pub fn parse_trigger(expression: &str, at: Span) -> Result<Instruction> {
+/// every position in them is reported at the child's FROM, since their
+/// text is not in the Dockerfile.
+pub fn parse_trigger(expression: &str, from: &Node) -> Result<Instruction> {
+    let at = from.span;
     let relocate = |mut e: Error| {
         e.span = at;
         e
@@ -309,6 +310,8 @@ pub fn parse_trigger(expression: &str, at: Span) -> Result<Instruction> {
     };
     let mut node = node.clone();
     relocate_node(&mut node, at);
+    node.start_line = from.start_line;
+    node.end_line = from.end_line;
     match parse_node(&node).map_err(relocate)? {
         Parsed::Command(command) => Ok(Instruction { command, node }),
         Parsed::From(_) => Err(Error::new("FROM isn't allowed as an ONBUILD trigger", at)),

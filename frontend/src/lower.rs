@@ -32,21 +32,6 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// The comment BuildKit puts on every history entry it writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 
-/// Proxy build arguments: passed to RUN without being declared, and kept
-/// out of history and cache keys unless the Dockerfile declares them.
-pub const PROXY_ARGS: &[&str] = &[
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "FTP_PROXY",
-    "ftp_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-];
-
 /// What the build was asked for, beyond the Dockerfile.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -314,8 +299,10 @@ impl<'a> Lowerer<'a> {
         let target_out = out_index[&target];
         let warnings_are_errors = self.lint.config().error;
         let warnings = self.lint.finish();
+        let mut graph = self.g.finish(stages, target_out);
+        graph.proxy_env = proxy_env(&self.opts.build_args);
         Ok(Lowered {
-            graph: self.g.finish(stages, target_out),
+            graph,
             warnings,
             warnings_are_errors,
         })
@@ -407,6 +394,7 @@ impl<'a> Lowerer<'a> {
                     })?;
                     self.lint_from_vars(&exp, flag.span);
                     if exp.matched.len() == 1
+                        && exp.unmatched.is_empty()
                         && exp.matched.contains("TARGETPLATFORM")
                         && exp.value == self.global.get("TARGETPLATFORM").unwrap_or_default()
                     {
@@ -458,28 +446,35 @@ impl<'a> Lowerer<'a> {
                         ),
                     );
                 }
-                if let Some(&first) = names.get(&n.text) {
-                    let first_line = self.df.stages[first].node.start_line;
-                    return Err(Error::new(format!("duplicate stage name {:?}", n.text), n.span)
-                        .with_help(format!(
-                            "the name is already used by the stage on line {first_line}; stage names must be unique"
-                        )));
+                if names.contains_key(&n.text) {
+                    self.lint.report(
+                        &lint::DUPLICATE_STAGE_NAME,
+                        n.span,
+                        format!(
+                            "Duplicate stage name {:?}, stage names should be unique",
+                            n.text
+                        ),
+                    );
                 }
-                names.insert(n.text.clone(), i);
             }
 
             let base_value = base_exp.value;
             let lower = base_value.to_ascii_lowercase();
-            let base = if let Some(&p) = names.get(&lower).filter(|&&p| p < i) {
+            // A named context with the stage's name replaces the whole stage.
+            let replaced = name.as_ref().is_some_and(|n| {
+                self.opts.named_contexts.contains(n) && n != "scratch" && n != "context"
+            });
+            // The base is looked up among earlier stages before this stage's
+            // own name is registered, so with duplicate names it binds to the
+            // latest earlier definition.
+            let base = if replaced {
+                BaseKind::Context(name.clone().unwrap_or_default())
+            } else if let Some(&p) = names.get(&lower) {
                 BaseKind::Stage(p)
             } else if lower == "scratch" {
                 BaseKind::Scratch
-            } else if let Some(ctx) = name
-                .as_ref()
-                .filter(|n| self.opts.named_contexts.contains(*n))
-                .or_else(|| self.opts.named_contexts.get(&lower))
-            {
-                BaseKind::Context(ctx.clone())
+            } else if self.opts.named_contexts.contains(&lower) && lower != "context" {
+                BaseKind::Context(lower.clone())
             } else {
                 let r = Reference::parse(&base_value).map_err(|e| {
                     Error::new(
@@ -489,13 +484,20 @@ impl<'a> Lowerer<'a> {
                 })?;
                 BaseKind::Image(r.with_default_tag().to_string())
             };
+            if let Some(n) = &name {
+                names.insert(n.clone(), i);
+            }
             decls.push(Decl {
                 df: st,
                 display: name.clone().unwrap_or_else(|| format!("stage-{i}")),
                 name,
                 base,
                 platform,
-                commands: st.commands.iter().map(|c| (c.clone(), false)).collect(),
+                commands: if replaced {
+                    Vec::new()
+                } else {
+                    st.commands.iter().map(|c| (c.clone(), false)).collect()
+                },
                 deps: BTreeMap::new(),
                 resolved: None,
             });
@@ -567,7 +569,7 @@ impl<'a> Lowerer<'a> {
         let lower = target.to_ascii_lowercase();
         decls
             .iter()
-            .position(|d| d.name.as_deref() == Some(lower.as_str()))
+            .rposition(|d| d.name.as_deref() == Some(lower.as_str()))
             .ok_or_else(|| {
                 let mut msg = format!("target stage {target:?} could not be found");
                 if let Some(s) = instructions::suggest(
@@ -599,7 +601,7 @@ impl<'a> Lowerer<'a> {
         let lower = value.to_ascii_lowercase();
         if let Some(i) = decls
             .iter()
-            .position(|d| d.name.as_deref() == Some(lower.as_str()))
+            .rposition(|d| d.name.as_deref() == Some(lower.as_str()))
         {
             return Ok(Source::Stage(i));
         }
@@ -657,7 +659,7 @@ impl<'a> Lowerer<'a> {
                             let lower = from.to_ascii_lowercase();
                             if let Some(i) = decls
                                 .iter()
-                                .position(|d| d.name.as_deref() == Some(lower.as_str()))
+                                .rposition(|d| d.name.as_deref() == Some(lower.as_str()))
                             {
                                 deps.entry(i).or_insert(m.span);
                             }
@@ -684,10 +686,10 @@ impl<'a> Lowerer<'a> {
     }
 
     fn add_triggers(&self, decls: &mut [Decl<'a>], i: usize, triggers: &[String]) -> Result<()> {
-        let at = decls[i].df.node.span;
+        let from = &decls[i].df.node;
         let mut parsed = Vec::new();
         for t in triggers {
-            parsed.push((instructions::parse_trigger(t, at)?, true));
+            parsed.push((instructions::parse_trigger(t, from)?, true));
         }
         parsed.append(&mut decls[i].commands);
         decls[i].commands = parsed;
@@ -890,14 +892,12 @@ impl<'a> Lowerer<'a> {
             }
             other => {
                 let (root, config, author, platform) = match other {
-                    BaseKind::Scratch => {
-                        let config = ImageConfig {
-                            env: Some(vec![format!("PATH={DEFAULT_PATH}")]),
-                            working_dir: Some("/".into()),
-                            ..Default::default()
-                        };
-                        (self.scratch(), config, None, self.target_platform.clone())
-                    }
+                    BaseKind::Scratch => (
+                        self.scratch(),
+                        empty_image_config(),
+                        None,
+                        self.target_platform.clone(),
+                    ),
                     BaseKind::Image(r) => {
                         let total = stage_total(decl);
                         let name = step_name(&decl.display, single, 1, total, &format!("FROM {r}"));
@@ -916,7 +916,8 @@ impl<'a> Lowerer<'a> {
                                 location: Some(location(&decl.df.node)),
                             },
                         );
-                        (op, ImageConfig::default(), None, platform.clone())
+                        // A context without an image config starts like scratch.
+                        (op, empty_image_config(), None, platform.clone())
                     }
                     BaseKind::Stage(_) => unreachable!("handled above"),
                 };
@@ -1080,11 +1081,6 @@ impl<'a> Lowerer<'a> {
                 self.commit(state, msg, None);
             }
             Command::Maintainer(word) => {
-                self.lint.report(
-                    &lint::MAINTAINER_DEPRECATED,
-                    node.keyword_span,
-                    "Maintainer instruction is deprecated in favor of using label",
-                );
                 state.author = Some(word.text.clone());
                 self.commit(state, format!("MAINTAINER {}", word.text), None);
             }
@@ -1094,7 +1090,7 @@ impl<'a> Lowerer<'a> {
                     self.lint.report(
                         &lint::WORKDIR_RELATIVE_PATH,
                         word.span,
-                        format!("Relative workdir {:?} can have unexpected results if the base image changes", word.text),
+                        format!("Relative workdir {path:?} can have unexpected results if the base image changes"),
                     );
                 }
                 state.workdir_set = true;
@@ -1143,7 +1139,8 @@ impl<'a> Lowerer<'a> {
             Command::Cmd(cmd) => {
                 self.once(step, "CMD", node);
                 let args = self.command_args(state, cmd.as_ref(), node);
-                state.config.cmd = Some(args.clone());
+                // An empty list is omitted from the config JSON, as in BuildKit's.
+                state.config.cmd = (!args.is_empty()).then(|| args.clone());
                 state.config.args_escaped = true;
                 state.cmd_set = true;
                 self.commit(state, format!("CMD {}", gofmt::quote_list(&args)), None);
@@ -1491,8 +1488,8 @@ impl<'a> Lowerer<'a> {
         let network = match run.network.as_ref().map(|n| n.value.as_str()) {
             Some("none") => NetworkMode::None,
             Some("host") => NetworkMode::Host,
-            Some(_) => NetworkMode::Default,
-            None => self.opts.network,
+            // `default` means what the build was given with --network.
+            _ => self.opts.network,
         };
         let security = match run.security.as_ref().map(|s| s.value.as_str()) {
             Some("insecure") => SecurityMode::Insecure,
@@ -1592,7 +1589,7 @@ impl<'a> Lowerer<'a> {
                     .id
                     .clone()
                     .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| clean_path(&spec.target));
+                    .unwrap_or_else(|| go_clean(&spec.target));
                 let id = match self.opts.build_args.get("BUILDKIT_CACHE_MOUNT_NS") {
                     Some(ns) if !ns.is_empty() => format!("{ns}/{id}"),
                     _ => id,
@@ -1638,7 +1635,9 @@ impl<'a> Lowerer<'a> {
                         format!("/run/secrets/{}", base_name(&id))
                     }
                 } else {
-                    resolve_target(&spec.target)
+                    // BuildKit passes secret targets as written, not joined
+                    // with the working directory.
+                    spec.target.clone()
                 };
                 return Ok(Mount {
                     target,
@@ -1659,7 +1658,7 @@ impl<'a> Lowerer<'a> {
                 let target = if spec.target.is_empty() {
                     format!("/run/buildkit/ssh_agent.{}", *ssh_index)
                 } else {
-                    resolve_target(&spec.target)
+                    spec.target.clone()
                 };
                 *ssh_index += 1;
                 return Ok(Mount {
@@ -1890,7 +1889,9 @@ impl<'a> Lowerer<'a> {
                             inputs.len() - 1
                         }
                     };
-                    let source = if copy.parents {
+                    // Relative sources are cleaned and made absolute; absolute
+                    // ones are kept as written (BuildKit's NormalizePath).
+                    let source = if copy.parents || src.starts_with('/') {
                         src.clone()
                     } else {
                         clean_path(&format!("/{src}"))
@@ -1911,10 +1912,8 @@ impl<'a> Lowerer<'a> {
         }
         for (file, data) in &heredocs {
             let scratch = self.scratch();
-            let mode = match &chmod {
-                Some(Chmod::Octal(m)) => *m,
-                _ => 0o644,
-            };
+            // Created 0644 like BuildKit does; --chmod applies when copied.
+            let mode = 0o644;
             let doc = self.g.add(
                 OpKind::File(FileOp {
                     actions: vec![FileAction::Mkfile {
@@ -2018,7 +2017,12 @@ impl<'a> Lowerer<'a> {
                 continue;
             }
             let mut msg = format!("FROM argument '{u}' is not declared");
-            let candidates: Vec<&str> = self.meta_keys.iter().map(String::as_str).collect();
+            let candidates: Vec<&str> = self
+                .meta_keys
+                .iter()
+                .map(String::as_str)
+                .chain(self.global.0.iter().map(|(k, _)| k.as_str()))
+                .collect();
             if let Some(s) = instructions::suggest(u, candidates.into_iter(), true) {
                 msg = format!("{msg} (did you mean {s}?)");
             }
@@ -2073,9 +2077,21 @@ impl<'a> Lowerer<'a> {
     fn parse_time_lints(&mut self) {
         let mut lower = 0usize;
         let mut upper = 0usize;
+        // BuildKit counts FROM lines and stage commands, not the ARGs before
+        // the first FROM.
         let mut keywords: Vec<(&str, Span)> = Vec::new();
-        for node in &self.df.ast.nodes {
-            keywords.push((&node.keyword, node.keyword_span));
+        for st in &self.df.stages {
+            keywords.push((&st.node.keyword, st.node.keyword_span));
+            for c in &st.commands {
+                keywords.push((&c.node.keyword, c.node.keyword_span));
+                if matches!(c.command, Command::Maintainer(_)) {
+                    self.lint.report(
+                        &lint::MAINTAINER_DEPRECATED,
+                        c.node.keyword_span,
+                        "Maintainer instruction is deprecated in favor of using label",
+                    );
+                }
+            }
         }
         for (k, _) in &keywords {
             if *k == k.to_ascii_lowercase() {
@@ -2160,6 +2176,38 @@ impl Step<'_> {
     }
 }
 
+/// The proxy environment from proxy build arguments: for each kind, the
+/// last matching key (in sorted order, any case) wins, and it is set in
+/// both upper and lower case.
+fn proxy_env(build_args: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for kind in [
+        "http_proxy",
+        "https_proxy",
+        "ftp_proxy",
+        "no_proxy",
+        "all_proxy",
+    ] {
+        let value = build_args
+            .iter()
+            .rfind(|(k, _)| k.eq_ignore_ascii_case(kind));
+        if let Some((_, v)) = value {
+            out.push(format!("{}={v}", kind.to_ascii_uppercase()));
+            out.push(format!("{kind}={v}"));
+        }
+    }
+    out
+}
+
+/// The config of `FROM scratch` (BuildKit's emptyImage).
+fn empty_image_config() -> ImageConfig {
+    ImageConfig {
+        env: Some(vec![format!("PATH={DEFAULT_PATH}")]),
+        working_dir: Some("/".into()),
+        ..Default::default()
+    }
+}
+
 fn location(node: &Node) -> SourceLocation {
     SourceLocation {
         start_line: node.start_line,
@@ -2178,14 +2226,16 @@ fn expand_error(word: &Word, e: crate::shell::ExpandError) -> Error {
 /// The stage's steps that show a `[n/total]` counter.
 fn stage_total(decl: &Decl<'_>) -> usize {
     let base = usize::from(matches!(decl.base, BaseKind::Image(_)));
+    // Every ONBUILD trigger counts, whatever its instruction.
     base + decl
         .commands
         .iter()
-        .filter(|(c, _)| {
-            matches!(
-                c.command,
-                Command::Run(_) | Command::Copy(_) | Command::Workdir(_)
-            )
+        .filter(|(c, trigger)| {
+            *trigger
+                || matches!(
+                    c.command,
+                    Command::Run(_) | Command::Copy(_) | Command::Workdir(_)
+                )
         })
         .count()
 }
@@ -2254,6 +2304,28 @@ fn run_command_string(
     parts.join(" ")
 }
 
+/// Go's `path.Clean`: relative paths stay relative.
+fn go_clean(p: &str) -> String {
+    if p.starts_with('/') {
+        return clean_path(p);
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|l| *l != "..") => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
+}
+
 /// `path.Clean` for absolute slash paths.
 pub fn clean_path(p: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
@@ -2295,9 +2367,10 @@ fn dest_path(workdir: &str, dest: &str) -> String {
     if dest.starts_with('/') {
         return dest.to_string();
     }
-    let trailing = dest.ends_with('/') || dest.ends_with("/.");
     let mut joined = clean_path(&format!("/{workdir}/{dest}"));
-    if trailing && !joined.ends_with('/') {
+    if dest.ends_with("/.") {
+        joined.push_str(if joined.ends_with('/') { "." } else { "/." });
+    } else if dest.ends_with('/') && !joined.ends_with('/') {
         joined.push('/');
     }
     joined
@@ -2508,6 +2581,7 @@ mod tests {
         assert_eq!(normalize_workdir("", "x"), "/x");
         assert_eq!(normalize_workdir("/a", "/x/"), "/x/");
         assert_eq!(dest_path("/app", "."), "/app/");
+        assert_eq!(dest_path("/app", "sub/."), "/app/sub/.");
         assert_eq!(dest_path("/app", "sub/"), "/app/sub/");
         assert_eq!(dest_path("/app", "f"), "/app/f");
         assert_eq!(dest_path("/app", "/abs"), "/abs");

@@ -118,12 +118,15 @@ fn frontend_cases() {
                 )
             })
             .collect();
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "target": lowered.graph.target,
             "stages": lowered.graph.stages,
             "ops": lowered.graph.ops,
             "warnings": warnings,
         });
+        if !lowered.graph.proxy_env.is_empty() {
+            out["proxy_env"] = serde_json::json!(lowered.graph.proxy_env);
+        }
         insta::assert_snapshot!(serde_json::to_string_pretty(&out).expect("serialisable"));
     });
 }

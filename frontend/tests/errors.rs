@@ -51,7 +51,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("FROM alpine\nONBUILD ONBUILD RUN x\n", "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed", "2:9"),
     ("FROM alpine\nONBUILD FROM busybox\n", "FROM isn't allowed as an ONBUILD trigger", "2:9"),
     // --- lowering: stages, expansion, values ---
-    ("FROM alpine AS a\nFROM busybox AS a\n", "duplicate stage name \"a\"", "2:17"),
+    ("FROM alpine\nCOPY --from=image:with:colons a b\n", "failed to parse stage name \"image:with:colons\": invalid reference format", "2:6"),
     ("FROM alpine AS a\nCOPY --from=a /x /y\n", "circular dependency detected on stage: a", "2:6"),
     ("FROM alpine AS a\nCOPY --from=b /x /y\nFROM alpine AS b\nCOPY --from=a /y /z\n", "circular dependency detected on stage: a", "4:6"),
     ("FROM alpine AS a\nCOPY --from=b /x /y\nFROM alpine AS b\nFROM alpine\nCOPY --from=a /y /z\n", "cannot copy from stage \"b\", it needs to be defined before current stage \"a\"", "2:6"),
@@ -120,13 +120,57 @@ fn no_input_panics() {
         }
     }
     let soup = [
-        "\\", "`", "$", "${", "<<", "\"", "'", "--", "=", "[", "\r\n", "\n", " ", "#", "FROM",
-        "RUN", "COPY", "ARG", "a", "ü",
+        "\\",
+        "`",
+        "$",
+        "${",
+        "<<",
+        "<<-",
+        "\"",
+        "'",
+        "--",
+        "--mount=",
+        "--from=",
+        "=",
+        "[",
+        "]",
+        ",",
+        "\r\n",
+        "\n",
+        " ",
+        "\t",
+        "#",
+        "# escape=`\n",
+        "FROM",
+        "RUN",
+        "COPY",
+        "ADD",
+        "ARG",
+        "ENV",
+        "ONBUILD",
+        "HEALTHCHECK",
+        "EXPOSE",
+        "WORKDIR",
+        "AS",
+        "EOF",
+        "a",
+        "0",
+        ":",
+        "/",
+        "ü",
+        "}",
+        "type=cache,target=/x",
+        "type=secret,id=x",
     ];
     let mut seed: u64 = 0x9e3779b97f4a7c15;
-    for _ in 0..3000 {
+    // RBUILD_FUZZ_ITERATIONS raises the count for a longer local run.
+    let iterations = std::env::var("RBUILD_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    for _ in 0..iterations {
         let mut s = String::from("FROM x\n");
-        for _ in 0..12 {
+        for _ in 0..(4 + seed % 24) {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;

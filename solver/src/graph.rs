@@ -255,6 +255,11 @@ pub struct Graph {
     pub stages: Vec<Stage>,
     /// Index into `stages` of the stage to export.
     pub target: usize,
+    /// Proxy settings (`HTTP_PROXY=…`, both cases) from proxy build
+    /// arguments. The executor adds them to every exec op's environment;
+    /// they are in no digest and no history, like BuildKit's proxy env.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_env: Vec<String>,
 }
 
 impl Graph {
@@ -793,6 +798,7 @@ impl GraphBuilder {
             ops: self.ops,
             stages,
             target,
+            proxy_env: Vec::new(),
         }
     }
 }
