@@ -133,7 +133,7 @@ fn store_root(cli: &Cli) -> Result<PathBuf, Failure> {
     if let Some(root) = &cli.root {
         return Ok(root.clone());
     }
-    if rustix_is_root() {
+    if running_as_root() {
         return Ok(PathBuf::from("/var/lib/rbuild"));
     }
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
@@ -148,7 +148,7 @@ fn store_root(cli: &Cli) -> Result<PathBuf, Failure> {
 }
 
 /// Whether we run as uid 0, read from /proc so the binary needs no libc call.
-fn rustix_is_root() -> bool {
+fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -278,7 +278,7 @@ fn print_targets(df: &Dockerfile) {
     let mut out = String::new();
     let _ = writeln!(out, "{:width$}  DESCRIPTION", "TARGET");
     for (name, desc) in rows {
-        let _ = writeln!(out, "{name:width$}  {desc}").map(|_| ());
+        let _ = writeln!(out, "{name:width$}  {desc}");
     }
     if df.stages[last].from.name.is_none() {
         let _ = writeln!(
