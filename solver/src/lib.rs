@@ -1,3 +1,7 @@
-//! rbuild's solver: the build graph IR, and (later) cache keys and scheduling.
+//! rbuild's solver: the build graph IR, the build context, and executing
+//! the graph (behind the `exec` feature).
 
 pub mod graph;
+
+#[cfg(feature = "exec")]
+pub mod context;

@@ -1,0 +1,1 @@
+//! The build context: `.dockerignore`, walking, checksums. (Being written.)
