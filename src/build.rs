@@ -6,32 +6,78 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rbuild_cache::Store;
 use rbuild_frontend::{lower, Dockerfile, Lowered, NoImages, Options, SourceFile};
+use rbuild_solver::context::{ChecksumMemo, Context, DockerIgnore};
+use rbuild_solver::exec::source::{ContextSource, Source};
+use rbuild_solver::exec::{NamedInput, SolveOptions, StoredImage};
 use rbuild_solver::graph::{NetworkMode, Platform};
 
-use crate::cli::{BuildArgs, Call, Cli, NetworkArg};
+use crate::cli::{BuildArgs, Call, Cli, NetworkArg, Progress};
 use crate::diagnostic::{render_error, render_warning};
+use crate::images::{images_for, LocalImages};
 use crate::options;
 use crate::Failure;
 
 /// Runs `rbuild build`.
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
     let checked = check_flags(cli, args)?;
-    let (source, _context) = read_dockerfile(args)?;
-    let dockerfile = rbuild_frontend::parse(source.text())
-        .map_err(|e| Failure::rendered(render_error(&source, &e)))?;
     let call = if args.check { Call::Check } else { args.call };
+    // The store is opened when the build needs it (to build, to unpack a
+    // context from stdin, to import images named as contexts) or when it
+    // already exists (so --call=graph sees the base images a build would).
+    let needs_store = call == Call::Build
+        || args.context == "-"
+        || checked
+            .contexts
+            .values()
+            .any(|c| !matches!(c, options::ContextValue::Path(_)));
+    let store = if needs_store || checked.root.join("index.json").exists() {
+        Some(Arc::new(Store::open(&checked.root).map_err(|e| {
+            Failure::failed(format!(
+                "cannot open the store at {}: {e}",
+                checked.root.display()
+            ))
+        })?))
+    } else {
+        None
+    };
+    let input = read_input(args, store.as_deref())?;
+    let source = &input.dockerfile;
+    let dockerfile = rbuild_frontend::parse(source.text())
+        .map_err(|e| Failure::rendered(render_error(source, &e)))?;
 
     if call == Call::Targets {
         print_targets(&dockerfile);
         return Ok(ExitCode::SUCCESS);
     }
 
-    let lowered = lower(&dockerfile, &checked.options, &NoImages)
-        .map_err(|e| Failure::rendered(render_error(&source, &e)))?;
+    let platform = checked
+        .options
+        .target_platform
+        .clone()
+        .unwrap_or_else(Platform::host);
+    let named = match &store {
+        Some(store) => named_inputs(store, &checked.contexts, &platform)?,
+        None => BTreeMap::new(),
+    };
+    let lowered = match &store {
+        Some(store) => {
+            let local = LocalImages {
+                store,
+                named: &named,
+            };
+            lower(&dockerfile, &checked.options, &local)
+        }
+        None => lower(&dockerfile, &checked.options, &NoImages),
+    }
+    .map_err(|e| Failure::rendered(render_error(source, &e)))?;
 
     match call {
-        Call::Check => Ok(print_check(&source, &lowered)),
+        Call::Check => Ok(print_check(source, &lowered)),
         Call::Graph => {
             let mut out = std::io::stdout().lock();
             serde_json::to_writer_pretty(&mut out, &lowered.graph)
@@ -41,18 +87,144 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
         }
         Call::Targets => unreachable!("handled before lowering"),
         Call::Build => {
-            print_warnings(&source, &lowered);
+            print_warnings(source, &lowered);
             fail_on_lint_errors(&lowered)?;
             if let Some(flag) = checked.unsupported.first() {
                 return Err(Failure::usage(format!(
                     "{flag} is not supported yet by this version of rbuild"
                 )));
             }
-            Err(Failure::failed(
-                "executing builds is not supported yet by this version of rbuild: the Dockerfile \
-                 parsed and lowered fine; use --call=check, --call=targets or --call=graph to inspect it",
-            ))
+            let store = store.ok_or_else(|| Failure::failed("the store is not open"))?;
+            build(args, &checked, store, input, named, lowered)
         }
+    }
+}
+
+/// Solves the graph, then tags and exports the image.
+fn build(
+    args: &BuildArgs,
+    checked: &CheckedFlags,
+    store: Arc<Store>,
+    input: Input,
+    mut named: BTreeMap<String, NamedInput>,
+    lowered: Lowered,
+) -> Result<ExitCode, Failure> {
+    let quiet = args.quiet || args.progress == Progress::Quiet;
+    let plain = (!quiet).then(|| Arc::new(crate::progress::Plain::new(0)));
+    let progress: Arc<dyn rbuild_solver::exec::progress::Progress> = match &plain {
+        Some(p) => p.clone(),
+        None => Arc::new(crate::progress::Quiet),
+    };
+    if let Some(ctx) = input.context {
+        named.insert("context".into(), NamedInput::Dir(ctx));
+    }
+    let images = {
+        let local = LocalImages {
+            store: &store,
+            named: &named,
+        };
+        images_for(&local, &lowered.graph).map_err(Failure::failed)?
+    };
+    let epoch = match checked.options.build_args.get("SOURCE_DATE_EPOCH") {
+        Some(v) => Some(v.trim().parse::<i64>().map_err(|_| {
+            Failure::usage(format!(
+                "invalid SOURCE_DATE_EPOCH {v:?}: expected seconds since 1970"
+            ))
+        })?),
+        None => None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let plan = crate::execute::BuildPlan {
+        store,
+        contexts: named,
+        images,
+        tags: &args.tags,
+        outputs: &checked.outputs,
+        iidfile: args.iidfile.clone(),
+        metadata_file: args.metadata_file.clone(),
+        solve: SolveOptions { jobs, epoch, now },
+        progress,
+        plain,
+    };
+    let result = crate::execute::run(plan, lowered.graph)?;
+    if input.memo_saved.is_some() {
+        // (The memo saves itself when the context is dropped.)
+    }
+    if quiet {
+        println!("{}", result.image_id);
+    } else {
+        eprintln!("built {}", result.image_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves `--build-context` values: directories become contexts, OCI
+/// layouts are imported into the store as images.
+fn named_inputs(
+    store: &Store,
+    contexts: &BTreeMap<String, options::ContextValue>,
+    platform: &Platform,
+) -> Result<BTreeMap<String, NamedInput>, Failure> {
+    let mut out = BTreeMap::new();
+    for (name, value) in contexts {
+        let input = match value {
+            options::ContextValue::Path(dir) => {
+                let dir = PathBuf::from(dir);
+                let ctx = open_context(&dir, None, Some(store))?;
+                NamedInput::Dir(ctx)
+            }
+            options::ContextValue::OciLayout(spec) => {
+                let (path, reference) = split_layout_spec(spec);
+                let image = StoredImage::import_layout(store, Path::new(&path), reference.as_deref(), platform)
+                    .map_err(|e| Failure::failed(format!("--build-context {name}=oci-layout://{spec}: {e}")))?;
+                NamedInput::Image(Arc::new(image))
+            }
+            options::ContextValue::Image(r) => {
+                let reference = crate::images::normalize(r)
+                    .ok_or_else(|| Failure::usage(format!("--build-context {name}: invalid image reference {r:?}")))?;
+                let empty = BTreeMap::new();
+                let local = LocalImages { store, named: &empty };
+                match local.find(&reference, platform).map_err(Failure::failed)? {
+                    Some(image) => NamedInput::Image(Arc::new(image)),
+                    None => {
+                        return Err(Failure::usage(format!(
+                            "--build-context {name}=docker-image://{r}: the image is not in the local store, and pulling is not supported yet by this version of rbuild"
+                        )))
+                    }
+                }
+            }
+            options::ContextValue::Url(u) => {
+                return Err(Failure::usage(format!(
+                    "--build-context {name}={u}: git and http contexts are not supported yet by this version of rbuild"
+                )))
+            }
+        };
+        out.insert(name.clone(), input);
+    }
+    Ok(out)
+}
+
+/// `DIR`, `DIR:TAG` or `DIR@sha256:…` (buildx's oci-layout:// syntax).
+fn split_layout_spec(spec: &str) -> (String, Option<String>) {
+    if let Some((path, digest)) = spec.split_once('@') {
+        return (path.to_string(), Some(digest.to_string()));
+    }
+    // A tag follows the last ':' after the last '/'.
+    let slash = spec.rfind('/').map_or(0, |i| i + 1);
+    match spec[slash..].rfind(':') {
+        Some(i) => (
+            spec[..slash + i].to_string(),
+            Some(spec[slash + i + 1..].to_string()),
+        ),
+        None => (spec.to_string(), None),
     }
 }
 
@@ -60,12 +232,23 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
 struct CheckedFlags {
     options: Options,
     unsupported: Vec<&'static str>,
+    root: PathBuf,
+    outputs: Vec<options::Output>,
+    contexts: BTreeMap<String, options::ContextValue>,
 }
 
 fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     let usage = |e: options::OptionError| Failure::usage(e.to_string());
-    let build_args =
+    let mut build_args =
         options::build_args(&args.build_args, |k| std::env::var(k).ok()).map_err(usage)?;
+    // buildx passes SOURCE_DATE_EPOCH from the environment as a build arg.
+    if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+        if !epoch.is_empty() {
+            build_args
+                .entry("SOURCE_DATE_EPOCH".into())
+                .or_insert(epoch);
+        }
+    }
     let labels = options::labels(&args.labels).map_err(usage)?;
     let platform = options::platform(&args.platform).map_err(usage)?;
     let outputs = options::outputs(&args.outputs).map_err(usage)?;
@@ -86,7 +269,7 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
         rbuild_frontend::reference::Reference::parse(tag)
             .map_err(|e| Failure::usage(format!("invalid tag {tag:?}: {e}")))?;
     }
-    let _root = store_root(cli)?;
+    let root = store_root(cli)?;
 
     let mut unsupported = Vec::new();
     let mut note = |used: bool, flag: &'static str| {
@@ -94,20 +277,13 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
             unsupported.push(flag);
         }
     };
-    note(!args.tags.is_empty(), "--tag");
     note(args.push, "--push");
-    note(!outputs.is_empty(), "--output");
     note(!cache_from.is_empty(), "--cache-from");
     note(!cache_to.is_empty(), "--cache-to");
     note(!secrets.is_empty(), "--secret");
     note(!ssh.is_empty(), "--ssh");
-    note(!contexts.is_empty(), "--build-context");
-    note(args.iidfile.is_some(), "--iidfile");
-    note(args.metadata_file.is_some(), "--metadata-file");
-    note(args.no_cache, "--no-cache");
     note(!args.no_cache_filter.is_empty(), "--no-cache-filter");
     note(args.pull, "--pull");
-    note(args.jobs.is_some(), "--jobs");
 
     let options = Options {
         build_args,
@@ -125,6 +301,9 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     Ok(CheckedFlags {
         options,
         unsupported,
+        root,
+        outputs,
+        contexts,
     })
 }
 
@@ -159,47 +338,120 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The Dockerfile's text and name, and the context directory (if any).
-fn read_dockerfile(args: &BuildArgs) -> Result<(SourceFile, Option<PathBuf>), Failure> {
-    let context = (args.context != "-").then(|| PathBuf::from(&args.context));
-    if let Some(dir) = &context {
-        if !dir.is_dir() {
-            return Err(Failure::usage(format!(
-                "build context {:?} is not a directory (give a directory, or - to read from stdin)",
-                dir.display().to_string()
-            )));
-        }
+/// The Dockerfile and the build context.
+struct Input {
+    dockerfile: SourceFile,
+    context: Option<Arc<dyn Source>>,
+    memo_saved: Option<()>,
+}
+
+/// Opens a context directory with its `.dockerignore` (or `dockerignore`
+/// when given, for `<Dockerfile>.dockerignore`), using the store's checksum
+/// memo when there is a store.
+fn open_context(
+    dir: &Path,
+    dockerignore: Option<&Path>,
+    store: Option<&Store>,
+) -> Result<Arc<dyn Source>, Failure> {
+    let ignore_path = dockerignore
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(".dockerignore"));
+    let ignore = match std::fs::read_to_string(&ignore_path) {
+        Ok(text) => DockerIgnore::parse(&text)
+            .map_err(|e| Failure::failed(format!("{}: {e}", ignore_path.display())))?,
+        Err(_) => DockerIgnore::empty(),
+    };
+    let mut ctx = Context::open(dir, ignore)
+        .map_err(|e| Failure::failed(format!("build context {}: {e}", dir.display())))?;
+    if let Some(store) = store {
+        ctx = ctx.with_memo(Arc::new(ChecksumMemo::open(
+            &store.root().join("context-memo.redb"),
+        )));
     }
-    match (args.file.as_deref(), &context) {
-        (Some("-"), _) => {
-            let text = read_stdin()?;
-            Ok((SourceFile::new("Dockerfile", text), context))
-        }
-        (Some(file), _) => {
-            let path = PathBuf::from(file);
-            let text = read_file(&path)?;
-            Ok((SourceFile::new(display_name(&path), text), context))
-        }
-        (None, Some(dir)) => {
-            let path = dir.join("Dockerfile");
-            let text = read_file(&path)?;
-            Ok((SourceFile::new(display_name(&path), text), context))
-        }
-        (None, None) => {
-            let mut bytes = Vec::new();
+    Ok(Arc::new(ContextSource::new(ctx)))
+}
+
+fn read_input(args: &BuildArgs, store: Option<&Store>) -> Result<Input, Failure> {
+    if args.context == "-" {
+        let mut bytes = Vec::new();
+        if args.file.as_deref() != Some("-") {
             std::io::stdin()
                 .read_to_end(&mut bytes)
                 .map_err(|e| Failure::failed(format!("reading stdin: {e}")))?;
-            if looks_like_tar(&bytes) {
-                return Err(Failure::usage(
-                    "a build context as a tar archive on stdin is not supported yet by this version of rbuild",
-                ));
-            }
+        }
+        if !looks_like_tar(&bytes) {
+            // `docker build - < Dockerfile`: a Dockerfile and no context.
             let text = String::from_utf8(bytes)
                 .map_err(|_| Failure::failed("the Dockerfile on stdin is not valid UTF-8"))?;
-            Ok((SourceFile::new("Dockerfile", text), None))
+            if text.is_empty() {
+                return Err(Failure::failed("the Dockerfile cannot be empty"));
+            }
+            return Ok(Input {
+                dockerfile: SourceFile::new("Dockerfile", text),
+                context: None,
+                memo_saved: None,
+            });
         }
+        let store = store.ok_or_else(|| Failure::failed("the store is not open"))?;
+        let dir = store.temp_path("context");
+        let name = args.file.clone().unwrap_or_else(|| "Dockerfile".into());
+        let extracted = Context::from_tar(bytes.as_slice(), &dir, None, Some(&name))
+            .map_err(|e| Failure::failed(format!("the build context on stdin: {e}")))?;
+        let dockerfile = match extracted.dockerfile {
+            Some(b) => String::from_utf8(b)
+                .map_err(|_| Failure::failed(format!("{name} is not valid UTF-8")))?,
+            None => {
+                return Err(Failure::failed(format!(
+                    "the build context on stdin has no {name}"
+                )))
+            }
+        };
+        let ctx = extracted
+            .context
+            .with_memo(Arc::new(ChecksumMemo::disabled()));
+        return Ok(Input {
+            dockerfile: SourceFile::new(name, dockerfile),
+            context: Some(Arc::new(ContextSource::new(ctx))),
+            memo_saved: None,
+        });
     }
+    let dir = PathBuf::from(&args.context);
+    if !dir.is_dir() {
+        return Err(Failure::usage(format!(
+            "build context {:?} is not a directory (give a directory, or - to read from stdin)",
+            dir.display().to_string()
+        )));
+    }
+    let (dockerfile, dockerfile_path) = match args.file.as_deref() {
+        Some("-") => (SourceFile::new("Dockerfile", read_stdin()?), None),
+        Some(file) => {
+            let path = PathBuf::from(file);
+            (
+                SourceFile::new(display_name(&path), read_file(&path)?),
+                Some(path),
+            )
+        }
+        None => {
+            let path = dir.join("Dockerfile");
+            (
+                SourceFile::new(display_name(&path), read_file(&path)?),
+                Some(path),
+            )
+        }
+    };
+    // BuildKit prefers `<Dockerfile>.dockerignore` next to the Dockerfile.
+    let specific = dockerfile_path.map(|p| {
+        let mut s = p.into_os_string();
+        s.push(".dockerignore");
+        PathBuf::from(s)
+    });
+    let specific = specific.filter(|p| p.is_file());
+    let context = open_context(&dir, specific.as_deref(), store)?;
+    Ok(Input {
+        dockerfile,
+        context: Some(context),
+        memo_saved: None,
+    })
 }
 
 fn display_name(path: &Path) -> String {

@@ -3,7 +3,11 @@
 mod build;
 mod cli;
 mod diagnostic;
+mod execute;
+mod export;
+mod images;
 mod options;
+mod progress;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -41,7 +41,10 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     /// A JSON serialisation error.

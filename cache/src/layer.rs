@@ -1,2 +1,26 @@
-//! Layers: writing deterministic tar streams into the store, and applying
-//! layer tars onto snapshot directories. (Being written.)
+//! Layers: writing deterministic tar streams into the store, reading and
+//! re-encoding stored layers, applying layer tars onto directories, and
+//! unpacked snapshots.
+//!
+//! - [`TarWriter`] writes entries with deterministic headers;
+//!   [`write_layer`] streams one into a store blob (diffID and digest in the
+//!   same pass), [`recompress_layer`] re-encodes a stored one for export.
+//! - [`open_layer`] reads a stored layer back as a verified tar stream;
+//!   [`sniff_archive`] recognises (compressed) tars for ADD.
+//! - [`apply_layer`] extracts a tar onto a directory, refusing entries that
+//!   would write outside it; [`snapshot`] unpacks a stored layer once into
+//!   `snapshots/` as an overlay lowerdir.
+
+mod apply;
+mod blob;
+mod reader;
+mod snapshot;
+mod tar_writer;
+
+pub use apply::{apply_layer, ApplyOptions, ApplyStats, OverlayXattr, Whiteouts};
+pub use blob::{
+    open_layer, recompress_layer, sniff_archive, write_layer, Compression, LayerDescriptor,
+    LayerSink, DOCKER_LAYER_ZSTD,
+};
+pub use snapshot::{snapshot, snapshot_dir, snapshot_info, SnapshotInfo, SNAPSHOT_MARKER};
+pub use tar_writer::{DeviceKind, EntryMeta, TarWriter};

@@ -40,7 +40,11 @@ impl Digest {
             "sha512" => 128,
             _ => return Err(bad()),
         };
-        if hex.len() != len || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != len
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad());
         }
         Ok(Digest(s.to_string()))

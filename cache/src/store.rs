@@ -35,7 +35,8 @@ pub mod media {
     /// Docker schema 2 manifest.
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
     /// Docker manifest list.
-    pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
     /// Docker image config.
     pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
     /// Docker gzip layer.
@@ -93,7 +94,11 @@ pub struct Index {
 
 impl Default for Index {
     fn default() -> Self {
-        Index { schema_version: 2, media_type: Some(media::INDEX.into()), manifests: Vec::new() }
+        Index {
+            schema_version: 2,
+            media_type: Some(media::INDEX.into()),
+            manifests: Vec::new(),
+        }
     }
 }
 
@@ -135,7 +140,10 @@ impl Store {
 
     /// Where blob `digest` lives.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(digest.algorithm()).join(digest.hex())
+        self.root
+            .join("blobs")
+            .join(digest.algorithm())
+            .join(digest.hex())
     }
 
     /// Whether blob `digest` is present (not verified).
@@ -146,14 +154,22 @@ impl Store {
     /// A fresh path under `tmp/` for a write in progress.
     pub fn temp_path(&self, what: &str) -> PathBuf {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root.join("tmp").join(format!("{what}-{}-{n}", std::process::id()))
+        self.root
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()))
     }
 
     /// Starts writing a blob; [`BlobWriter::commit`] publishes it.
     pub fn blob_writer(&self) -> Result<BlobWriter<'_>> {
         let path = self.temp_path("blob");
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(BlobWriter { store: self, path, file: Some(io::BufWriter::with_capacity(1 << 20, file)), hasher: Sha256::new(), size: 0 })
+        Ok(BlobWriter {
+            store: self,
+            path,
+            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            hasher: Sha256::new(),
+            size: 0,
+        })
     }
 
     /// Writes `bytes` as a blob and returns its digest and size.
@@ -196,20 +212,28 @@ impl Store {
     /// Reads a whole (small) blob, verified.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.open_blob(digest)?.read_to_end(&mut out).map_err(|e| Error::from_read(digest, &self.blob_path(digest), e))?;
+        self.open_blob(digest)?
+            .read_to_end(&mut out)
+            .map_err(|e| Error::from_read(digest, &self.blob_path(digest), e))?;
         Ok(out)
     }
 
     /// Reads a JSON blob, verified.
     pub fn read_json<T: for<'de> Deserialize<'de>>(&self, digest: &Digest) -> Result<T> {
         let bytes = self.read_blob(digest)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("blob {digest} is not the expected JSON: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(format!("blob {digest} is not the expected JSON: {e}")))
     }
 
     /// Takes the store's lock (exclusive; for index updates). Dropped to release.
     pub fn lock(&self) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         file.lock().map_err(|e| Error::io(&path, e))?;
         Ok(StoreLock { _file: file })
     }
@@ -218,7 +242,8 @@ impl Store {
     pub fn index(&self) -> Result<Index> {
         let path = self.root.join("index.json");
         let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))
     }
 
     /// Changes `index.json` under the lock, atomically.
@@ -234,7 +259,9 @@ impl Store {
     /// Points tag `name` (e.g. `app:1`) at `manifest`, replacing any old target.
     pub fn tag(&self, name: &str, manifest: &Descriptor) -> Result<()> {
         self.update_index(|index| {
-            index.manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(name));
+            index
+                .manifests
+                .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(name));
             let mut d = manifest.clone();
             d.annotations.insert(REF_NAME.into(), name.into());
             index.manifests.push(d);
@@ -246,21 +273,29 @@ impl Store {
     pub fn untag(&self, name: &str) -> Result<bool> {
         self.update_index(|index| {
             let before = index.manifests.len();
-            index.manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(name));
+            index
+                .manifests
+                .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(name));
             Ok(index.manifests.len() != before)
         })
     }
 
     /// The manifest a tag points at.
     pub fn resolve_tag(&self, name: &str) -> Result<Option<Descriptor>> {
-        Ok(self.index()?.manifests.into_iter().find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(name)))
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(name)))
     }
 
     /// Writes `bytes` to `path` through a temp file, fsyncs and renames.
     pub fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = self.temp_path("file");
         let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
         sync_parent(path);
         Ok(())
@@ -298,8 +333,13 @@ impl BlobWriter<'_> {
 
     /// Fsyncs and renames the blob into place; returns its digest and size.
     pub fn commit(mut self) -> Result<(Digest, u64)> {
-        let file = self.file.take().ok_or_else(|| Error::Corrupt("blob writer used twice".into()))?;
-        let file = file.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Corrupt("blob writer used twice".into()))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.path, e))?;
         let digest = Digest::from_sha256(std::mem::take(&mut self.hasher));
         let dest = self.store.blob_path(&digest);
@@ -315,7 +355,10 @@ impl BlobWriter<'_> {
 
 impl Write for BlobWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let file = self.file.as_mut().ok_or_else(|| io::Error::other("blob writer is finished"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("blob writer is finished"))?;
         let n = file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
@@ -356,7 +399,10 @@ impl Read for VerifiedReader {
                 if got != self.expected {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("blob {} is corrupt: its content hashes to {got}", self.expected),
+                        format!(
+                            "blob {} is corrupt: its content hashes to {got}",
+                            self.expected
+                        ),
                     ));
                 }
             }
@@ -381,7 +427,10 @@ mod tests {
         fs::write(store.blob_path(&d), b"hellp").unwrap();
         let err = store.read_blob(&d).unwrap_err().to_string();
         assert!(err.contains("corrupt"), "{err}");
-        assert!(matches!(store.read_blob(&Digest::sha256(b"absent")), Err(Error::MissingBlob(_))));
+        assert!(matches!(
+            store.read_blob(&Digest::sha256(b"absent")),
+            Err(Error::MissingBlob(_))
+        ));
     }
 
     #[test]

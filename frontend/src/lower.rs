@@ -85,6 +85,17 @@ pub trait ImageResolver {
         reference: &str,
         platform: &Platform,
     ) -> std::result::Result<Option<ResolvedImage>, String>;
+
+    /// The config of the image a named build context (`--build-context
+    /// NAME=oci-layout://…` or `docker-image://…`) provides, or `None` for a
+    /// directory context.
+    fn resolve_context(
+        &self,
+        _name: &str,
+        _platform: &Platform,
+    ) -> std::result::Result<Option<ResolvedImage>, String> {
+        Ok(None)
+    }
 }
 
 /// A resolver that knows no images.
@@ -721,14 +732,16 @@ impl<'a> Lowerer<'a> {
                 if !resolved.insert(i) {
                     continue;
                 }
-                let BaseKind::Image(r) = &decls[i].base else {
-                    continue;
-                };
                 let platform = decls[i]
                     .platform
                     .clone()
                     .unwrap_or_else(|| self.target_platform.clone());
-                let image = self.resolver.resolve(r, &platform).map_err(|e| {
+                let image = match &decls[i].base {
+                    BaseKind::Image(r) => self.resolver.resolve(r, &platform),
+                    BaseKind::Context(n) => self.resolver.resolve_context(n, &platform),
+                    _ => continue,
+                };
+                let image = image.map_err(|e| {
                     Error::new(
                         format!("{}: {e}", decls[i].df.from.base.text),
                         decls[i].df.from.base.span,
@@ -917,7 +930,14 @@ impl<'a> Lowerer<'a> {
                             },
                         );
                         // A context without an image config starts like scratch.
-                        (op, empty_image_config(), None, platform.clone())
+                        match decl.resolved.clone() {
+                            Some(image) => {
+                                let mut config = image.config;
+                                config.on_build = None;
+                                (op, config, image.author, platform.clone())
+                            }
+                            None => (op, empty_image_config(), None, platform.clone()),
+                        }
                     }
                     BaseKind::Stage(_) => unreachable!("handled above"),
                 };

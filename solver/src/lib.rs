@@ -4,4 +4,7 @@
 pub mod graph;
 
 #[cfg(feature = "exec")]
+pub mod exec;
+
+#[cfg(feature = "exec")]
 pub mod context;

@@ -1,0 +1,208 @@
+//! Unpacked layer snapshots: `ROOT/snapshots/<diffid-hex>/fs`, the
+//! lowerdirs of RUN's overlays.
+//!
+//! A snapshot is unpacked into `snapshots/.tmp-<hex>-…`, completed with a
+//! marker file inside it, and published by renaming the whole directory:
+//! `snapshots/<hex>` either does not exist or is complete, unless something
+//! other than this code left it there, in which case it is redone. An
+//! exclusive lock on `snapshots/.lock-<hex>` makes concurrent callers (in
+//! this process or others) unpack a layer once; the second waits and finds
+//! it done. Names starting with `.` under `snapshots/` are this
+//! bookkeeping, never snapshots.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::apply::{apply_layer, remove_tree, ApplyOptions, OverlayXattr, Whiteouts};
+use super::blob::{open_layer, LayerDescriptor};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::Digest;
+
+/// The completion marker inside `snapshots/<hex>/`.
+pub const SNAPSHOT_MARKER: &str = "complete.json";
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// What a snapshot's marker records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    /// The layer's diffID.
+    pub diff_id: Digest,
+    /// The blob it was unpacked from.
+    pub digest: Digest,
+    /// Which xattr namespace holds opaque markers (`trusted` or `user`):
+    /// the overlay must be mounted to match (`userxattr` for `user`).
+    pub overlay_xattrs: String,
+    /// Tar entries read.
+    pub entries: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Entries skipped (e.g. devices where mknod is not permitted).
+    pub skipped: u64,
+    /// Warnings from unpacking.
+    pub warnings: Vec<String>,
+}
+
+/// Where the snapshot of the layer with `diff_id` lives (its `fs` is the
+/// directory to mount).
+pub fn snapshot_dir(store: &Store, diff_id: &Digest) -> PathBuf {
+    store.root().join("snapshots").join(diff_id.hex())
+}
+
+/// The marker of a complete snapshot, if there is one.
+pub fn snapshot_info(store: &Store, diff_id: &Digest) -> Option<SnapshotInfo> {
+    let dir = snapshot_dir(store, diff_id);
+    if !dir.join("fs").is_dir() {
+        return None;
+    }
+    let bytes = fs::read(dir.join(SNAPSHOT_MARKER)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Unpacks a stored layer into `ROOT/snapshots/<diffid-hex>/fs` once and
+/// returns that path. Whiteouts are stored for overlayfs (0/0 character
+/// devices, `overlay.opaque` xattrs in the namespace
+/// [`OverlayXattr::detect`] picks), since each snapshot is one lowerdir of
+/// a stack. The content is checked against the layer's diffID and the
+/// blob's digest; a failed unpack leaves nothing behind. Concurrent callers
+/// for the same layer all get the complete snapshot, unpacked once.
+pub fn snapshot(store: &Store, layer: &LayerDescriptor) -> Result<PathBuf> {
+    let final_dir = snapshot_dir(store, &layer.diff_id);
+    let fs_dir = final_dir.join("fs");
+    if snapshot_info(store, &layer.diff_id).is_some() {
+        return Ok(fs_dir);
+    }
+    let snaps = store.root().join("snapshots");
+    fs::create_dir_all(&snaps).map_err(|e| Error::io(&snaps, e))?;
+    let hex = layer.diff_id.hex();
+    let lock_path = snaps.join(format!(".lock-{hex}"));
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    // rustix's flock rather than `File::lock`, which needs Rust 1.89 (the
+    // workspace's MSRV is 1.85).
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::io(&lock_path, e.into()))?;
+    if snapshot_info(store, &layer.diff_id).is_some() {
+        return Ok(fs_dir);
+    }
+
+    // Holding the layer's lock, any directory for it here is debris of a
+    // crash (or of another tool): move it aside atomically, then delete.
+    if fs::symlink_metadata(&final_dir).is_ok() {
+        let trash = snaps.join(format!(
+            ".trash-{hex}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(&final_dir, &trash).map_err(|e| Error::io(&final_dir, e))?;
+        remove_tree(&trash).map_err(|e| Error::io(&trash, e))?;
+    }
+    let stale_prefix = format!(".tmp-{hex}-");
+    for ent in fs::read_dir(&snaps)
+        .map_err(|e| Error::io(&snaps, e))?
+        .flatten()
+    {
+        if ent.file_name().to_string_lossy().starts_with(&stale_prefix) {
+            let p = ent.path();
+            remove_tree(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+
+    let tmp = snaps.join(format!(
+        "{stale_prefix}{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result =
+        unpack_into(store, layer, &tmp).and_then(|()| match fs::rename(&tmp, &final_dir) {
+            Ok(()) => {
+                if let Ok(d) = File::open(&snaps) {
+                    let _ = d.sync_all();
+                }
+                Ok(())
+            }
+            // Someone published it anyway (say, its lock file was deleted
+            // meanwhile): theirs is as good as ours.
+            Err(_) if snapshot_info(store, &layer.diff_id).is_some() => {
+                let _ = remove_tree(&tmp);
+                Ok(())
+            }
+            Err(e) => Err(Error::io(&final_dir, e)),
+        });
+    if let Err(e) = result {
+        let _ = remove_tree(&tmp);
+        return Err(e);
+    }
+    drop(lock);
+    Ok(fs_dir)
+}
+
+/// Unpacks and verifies the layer into `tmp/fs`, writes the marker, and
+/// flushes the filesystem so a published snapshot survives a crash.
+fn unpack_into(store: &Store, layer: &LayerDescriptor, tmp: &Path) -> Result<()> {
+    let fs_dir = tmp.join("fs");
+    fs::create_dir_all(&fs_dir).map_err(|e| Error::io(&fs_dir, e))?;
+    // Overlay shows the lowerdir root's mode as the container's `/`.
+    rustix::fs::chmod(&fs_dir, rustix::fs::Mode::from_raw_mode(0o755))
+        .map_err(|e| Error::io(&fs_dir, e.into()))?;
+    let ns = OverlayXattr::detect();
+    let opts = ApplyOptions {
+        whiteouts: Whiteouts::Overlay(ns),
+        chown: true,
+        same_owner_required: false,
+    };
+    let mut reader = HashingReader {
+        inner: open_layer(store, &layer.digest)?,
+        hasher: Sha256::new(),
+    };
+    let stats = apply_layer(&mut reader, &fs_dir, &opts)?;
+    let got = Digest::from_sha256(reader.hasher);
+    if got != layer.diff_id {
+        return Err(Error::Corrupt(format!(
+            "layer {} unpacks to content with digest {got}, not its diffID {}",
+            layer.digest, layer.diff_id
+        )));
+    }
+    let info = SnapshotInfo {
+        diff_id: layer.diff_id.clone(),
+        digest: layer.digest.clone(),
+        overlay_xattrs: ns.name().to_string(),
+        entries: stats.entries,
+        bytes: stats.bytes,
+        skipped: stats.skipped,
+        warnings: stats.warnings,
+    };
+    let marker = tmp.join(SNAPSHOT_MARKER);
+    let bytes = serde_json::to_vec_pretty(&info).map_err(Error::json)?;
+    let mut f = File::create(&marker).map_err(|e| Error::io(&marker, e))?;
+    f.write_all(&bytes).map_err(|e| Error::io(&marker, e))?;
+    // One syncfs flushes every file of the unpack, far cheaper than an
+    // fsync per file.
+    rustix::fs::syncfs(&f).map_err(|e| Error::io(&marker, e.into()))?;
+    Ok(())
+}
+
+/// Hashes what passes through (the decompressed tar: its diffID).
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,35 @@
+//! Errors while executing the graph.
+
+use std::io;
+
+/// Why an op (or the build) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// Something in the user's input: a missing source, an unknown user.
+    #[error("{0}")]
+    User(String),
+    /// The feature an op needs has not landed yet.
+    #[error("{0} is not supported yet by this version of rbuild")]
+    Unsupported(String),
+    /// The content store failed.
+    #[error(transparent)]
+    Store(#[from] rbuild_cache::Error),
+    /// An I/O error.
+    #[error(transparent)]
+    Io(io::Error),
+    /// A bug: an invariant of the graph did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// An op failed; names which.
+    #[error("{name}: {source}")]
+    Op {
+        /// The op's progress name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: Box<ExecError>,
+    },
+}
+
+/// Result alias for execution.
+pub type Result<T, E = ExecError> = std::result::Result<T, E>;

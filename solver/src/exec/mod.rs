@@ -1,0 +1,354 @@
+//! Executing the build graph: every op whose inputs are ready runs, up to
+//! `jobs` at once; results are filesystem states (stacks of layers) or
+//! build contexts.
+
+pub mod error;
+pub mod fileop;
+pub mod fsview;
+pub mod image;
+pub mod progress;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rbuild_cache::layer::{self, LayerDescriptor};
+use rbuild_cache::Store;
+
+use crate::graph::{Graph, OpId, OpKind};
+
+pub use error::{ExecError, Result};
+use fsview::FsView;
+pub use image::StoredImage;
+use progress::{Event, Progress};
+use source::Source;
+
+/// A filesystem: its layers, bottom first.
+#[derive(Debug, Clone, Default)]
+pub struct FsState {
+    /// The layers.
+    pub layers: Vec<LayerDescriptor>,
+}
+
+/// What an op produced.
+#[derive(Clone)]
+pub enum Value {
+    /// A filesystem.
+    Fs(FsState),
+    /// A build context (COPY reads it; it is never a layer itself).
+    Context(Arc<dyn Source>),
+}
+
+/// A named build context as the CLI resolved it.
+#[derive(Clone)]
+pub enum NamedInput {
+    /// A directory (or the main context).
+    Dir(Arc<dyn Source>),
+    /// An image (from an OCI layout, or the store).
+    Image(Arc<StoredImage>),
+}
+
+/// Settings of one solve.
+#[derive(Debug, Clone, Copy)]
+pub struct SolveOptions {
+    /// How many ops may run at once.
+    pub jobs: usize,
+    /// SOURCE_DATE_EPOCH.
+    pub epoch: Option<i64>,
+    /// The build's time (seconds since the epoch).
+    pub now: i64,
+}
+
+/// The results of a solve, per op.
+#[derive(Clone, Default)]
+pub struct Solved {
+    /// Each op's result (None for ops the target did not need).
+    pub values: Vec<Option<Value>>,
+    /// The layer each op added on top of its root input, if any.
+    pub added: Vec<Option<LayerDescriptor>>,
+}
+
+impl Solved {
+    /// The filesystem an op produced.
+    pub fn fs(&self, op: OpId) -> Result<&FsState> {
+        match self.values.get(op) {
+            Some(Some(Value::Fs(fs))) => Ok(fs),
+            _ => Err(ExecError::Internal(format!(
+                "op {op} has no filesystem result"
+            ))),
+        }
+    }
+}
+
+/// Runs graphs against a store.
+pub struct Solver {
+    store: Arc<Store>,
+    contexts: BTreeMap<String, NamedInput>,
+    images: BTreeMap<String, Arc<StoredImage>>,
+    options: SolveOptions,
+    progress: Arc<dyn Progress>,
+}
+
+impl Solver {
+    /// A solver with the given build contexts (`context` is the main one)
+    /// and images (base images by normalised reference).
+    pub fn new(
+        store: Arc<Store>,
+        contexts: BTreeMap<String, NamedInput>,
+        images: BTreeMap<String, Arc<StoredImage>>,
+        options: SolveOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Self {
+        Solver {
+            store,
+            contexts,
+            images,
+            options,
+            progress,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// An image the solver knows by reference.
+    pub fn image(&self, reference: &str) -> Option<&Arc<StoredImage>> {
+        self.images.get(reference)
+    }
+
+    /// A named context.
+    pub fn context(&self, name: &str) -> Option<&NamedInput> {
+        self.contexts.get(name)
+    }
+
+    /// Runs every op `root` needs.
+    pub fn solve(self: &Arc<Self>, graph: &Arc<Graph>, root: OpId) -> Result<Solved> {
+        let needed = graph.closure(root);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.options.jobs.clamp(1, 64))
+            .enable_all()
+            .build()
+            .map_err(ExecError::Io)?;
+        let this = Arc::clone(self);
+        let graph = Arc::clone(graph);
+        runtime.block_on(async move { this.schedule(graph, needed).await })
+    }
+
+    async fn schedule(self: Arc<Self>, graph: Arc<Graph>, needed: Vec<OpId>) -> Result<Solved> {
+        let n = graph.ops.len();
+        let mut solved = Solved {
+            values: vec![None; n],
+            added: vec![None; n],
+        };
+        let mut waiting: BTreeMap<OpId, usize> = BTreeMap::new();
+        let mut dependents: Vec<Vec<OpId>> = vec![Vec::new(); n];
+        for &op in &needed {
+            let mut inputs = graph.ops[op].inputs.clone();
+            inputs.sort_unstable();
+            inputs.dedup();
+            for &i in &inputs {
+                dependents[i].push(op);
+            }
+            waiting.insert(op, inputs.len());
+        }
+        let mut ready: Vec<OpId> = waiting
+            .iter()
+            .filter(|(_, &w)| w == 0)
+            .map(|(&op, _)| op)
+            .collect();
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(self.options.jobs.max(1)));
+        let mut running = tokio::task::JoinSet::new();
+        let mut done = 0;
+        while done < needed.len() {
+            for op in ready.drain(..) {
+                let inputs: Vec<Value> = graph.ops[op]
+                    .inputs
+                    .iter()
+                    .map(|&i| {
+                        solved.values[i].clone().ok_or_else(|| {
+                            ExecError::Internal(format!("input {i} of {op} not ready"))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                let this = Arc::clone(&self);
+                let graph = Arc::clone(&graph);
+                let permit = Arc::clone(&semaphore);
+                running.spawn(async move {
+                    let _permit = permit.acquire_owned().await;
+                    let result =
+                        tokio::task::spawn_blocking(move || this.run_op(&graph, op, inputs)).await;
+                    (op, result)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                return Err(ExecError::Internal("the scheduler ran out of work".into()));
+            };
+            let (op, result) =
+                joined.map_err(|e| ExecError::Internal(format!("op task failed: {e}")))?;
+            let (value, added) = match result {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    running.abort_all();
+                    return Err(e);
+                }
+                Err(e) => {
+                    running.abort_all();
+                    return Err(ExecError::Internal(format!("op panicked: {e}")));
+                }
+            };
+            solved.values[op] = Some(value);
+            solved.added[op] = added;
+            done += 1;
+            for &d in &dependents[op] {
+                if let Some(w) = waiting.get_mut(&d) {
+                    *w -= 1;
+                    if *w == 0 {
+                        ready.push(d);
+                    }
+                }
+            }
+        }
+        Ok(solved)
+    }
+
+    fn run_op(
+        &self,
+        graph: &Graph,
+        op: OpId,
+        inputs: Vec<Value>,
+    ) -> Result<(Value, Option<LayerDescriptor>)> {
+        let o = &graph.ops[op];
+        let shown = !o.meta.name.is_empty();
+        let started = Instant::now();
+        if shown {
+            self.progress.event(Event::Started {
+                op,
+                name: o.meta.name.clone(),
+            });
+        }
+        let result = self.execute(&o.kind, &inputs);
+        if shown {
+            match &result {
+                Ok(_) => self.progress.event(Event::Done {
+                    op,
+                    elapsed: started.elapsed(),
+                    cached: false,
+                }),
+                Err(e) => self.progress.event(Event::Failed {
+                    op,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        result.map_err(|e| match e {
+            ExecError::Op { .. } => e,
+            e if shown => ExecError::Op {
+                name: o.meta.name.clone(),
+                source: Box::new(e),
+            },
+            e => e,
+        })
+    }
+
+    fn execute(&self, kind: &OpKind, inputs: &[Value]) -> Result<(Value, Option<LayerDescriptor>)> {
+        let fs_input = |i: usize| -> Result<FsState> {
+            match inputs.get(i) {
+                Some(Value::Fs(fs)) => Ok(fs.clone()),
+                Some(Value::Context(_)) => Err(ExecError::Internal(format!(
+                    "input {i} is a context, not a filesystem"
+                ))),
+                None => Err(ExecError::Internal(format!("missing input {i}"))),
+            }
+        };
+        match kind {
+            OpKind::Scratch => Ok((Value::Fs(FsState::default()), None)),
+            OpKind::Image(src) => {
+                let image = self.images.get(&src.reference).ok_or_else(|| {
+                    ExecError::User(format!(
+                        "image {} is not in the local store, and pulling from registries is not supported yet by this version of rbuild (give it with --build-context NAME=oci-layout://DIR)",
+                        src.reference
+                    ))
+                })?;
+                Ok((
+                    Value::Fs(FsState {
+                        layers: image.layers.clone(),
+                    }),
+                    None,
+                ))
+            }
+            OpKind::Context(c) => match self.contexts.get(&c.name) {
+                Some(NamedInput::Dir(source)) => Ok((Value::Context(Arc::clone(source)), None)),
+                Some(NamedInput::Image(image)) => Ok((
+                    Value::Fs(FsState {
+                        layers: image.layers.clone(),
+                    }),
+                    None,
+                )),
+                None => Err(ExecError::User(format!(
+                    "build context {:?} was not provided",
+                    c.name
+                ))),
+            },
+            OpKind::Merge => {
+                let mut layers = Vec::new();
+                for i in 0..inputs.len() {
+                    layers.extend(fs_input(i)?.layers);
+                }
+                Ok((Value::Fs(FsState { layers }), None))
+            }
+            OpKind::File(file) => {
+                let base = fs_input(0)?;
+                let dest = self.view(&base)?;
+                let mut views: Vec<FsView> = Vec::new();
+                for value in inputs {
+                    views.push(match value {
+                        Value::Fs(fs) => self.view(fs)?,
+                        Value::Context(_) => FsView::default(),
+                    });
+                }
+                let sources: Vec<fileop::Input<'_>> = inputs
+                    .iter()
+                    .zip(&views)
+                    .map(|(value, view)| match value {
+                        Value::Fs(_) => fileop::Input {
+                            source: view as &dyn Source,
+                            is_context: false,
+                        },
+                        Value::Context(ctx) => fileop::Input {
+                            source: ctx.as_ref(),
+                            is_context: true,
+                        },
+                    })
+                    .collect();
+                let env = fileop::FileOpEnv {
+                    store: &self.store,
+                    epoch: self.options.epoch,
+                    now: self.options.now,
+                };
+                let added = fileop::run(env, &dest, &sources, &file.actions)?;
+                let mut layers = base.layers;
+                layers.extend(added.clone());
+                Ok((Value::Fs(FsState { layers }), added))
+            }
+            OpKind::Exec(_) => Err(ExecError::Unsupported("RUN".into())),
+            OpKind::Git(g) => Err(ExecError::Unsupported(format!(
+                "ADD of a git repository ({})",
+                g.remote
+            ))),
+            OpKind::Http(h) => Err(ExecError::Unsupported(format!("ADD of a URL ({})", h.url))),
+        }
+    }
+
+    /// The union view of a filesystem, unpacking layers that have no
+    /// snapshot yet.
+    pub fn view(&self, fs: &FsState) -> Result<FsView> {
+        let mut roots = Vec::with_capacity(fs.layers.len());
+        for l in &fs.layers {
+            roots.push(layer::snapshot(&self.store, l)?);
+        }
+        Ok(FsView::new(roots))
+    }
+}

@@ -1,0 +1,211 @@
+//! Running a lowered build: solve the graph, assemble the image, tag and
+//! export it, write the iid and metadata files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rbuild_cache::layer::Compression;
+use rbuild_cache::Store;
+use rbuild_solver::exec::progress::Progress;
+use rbuild_solver::exec::{NamedInput, SolveOptions, Solver, StoredImage};
+use rbuild_solver::graph::Graph;
+
+use crate::export::{self, MediaTypes};
+use crate::images::{normalize, stored_tag};
+use crate::options::Output;
+use crate::Failure;
+
+/// Everything a build needs besides the graph.
+pub struct BuildPlan<'a> {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Named contexts, the main one as `context`.
+    pub contexts: BTreeMap<String, NamedInput>,
+    /// Base images by normalised reference.
+    pub images: BTreeMap<String, Arc<StoredImage>>,
+    /// `-t` tags as given.
+    pub tags: &'a [String],
+    /// `-o` outputs.
+    pub outputs: &'a [Output],
+    /// `--iidfile`.
+    pub iidfile: Option<PathBuf>,
+    /// `--metadata-file`.
+    pub metadata_file: Option<PathBuf>,
+    /// Solve settings.
+    pub solve: SolveOptions,
+    /// Where progress goes.
+    pub progress: Arc<dyn Progress>,
+    /// The plain printer, for the steps the CLI does itself.
+    pub plain: Option<Arc<crate::progress::Plain>>,
+}
+
+/// What the build produced.
+pub struct BuildResult {
+    /// The image ID (config digest).
+    pub image_id: String,
+}
+
+/// Runs the build and its exports.
+pub fn run(plan: BuildPlan<'_>, graph: Graph) -> Result<BuildResult, Failure> {
+    let graph = Arc::new(graph);
+    let solver = Arc::new(Solver::new(
+        Arc::clone(&plan.store),
+        plan.contexts,
+        plan.images,
+        plan.solve,
+        Arc::clone(&plan.progress),
+    ));
+    let target = graph.target;
+    let root = graph.stages[target].root;
+    let solved = solver
+        .solve(&graph, root)
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    let built = solver
+        .assemble(&graph, &solved, target)
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    let image = built.image;
+    let store = plan.store.as_ref();
+    let mtime = plan.solve.epoch.unwrap_or(0).max(0) as u64;
+
+    let step = |name: &str, f: &mut dyn FnMut() -> Result<(), String>| -> Result<(), Failure> {
+        let r = match &plan.plain {
+            Some(p) => p.step(name, &mut *f),
+            None => f(),
+        };
+        r.map_err(Failure::failed)
+    };
+
+    let mut names: Vec<String> = Vec::new();
+    for tag in plan.tags {
+        names.push(normalize(tag).unwrap_or_else(|| tag.clone()));
+    }
+    let mut metadata = serde_json::Map::new();
+    let mut reported = image.manifest.clone();
+    if !plan.tags.is_empty() {
+        step(&format!("naming to {}", names.join(", ")), &mut || {
+            for tag in plan.tags {
+                store
+                    .tag(&stored_tag(tag), &image.manifest)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })?;
+    }
+    for output in plan.outputs {
+        let dest = PathBuf::from(output.attrs.get("dest").cloned().unwrap_or_default());
+        let mut output_names = names.clone();
+        if let Some(n) = output.attrs.get("name") {
+            output_names = n
+                .split(',')
+                .map(|s| normalize(s).unwrap_or_else(|| s.to_string()))
+                .collect();
+        }
+        let compression = compression(output)?;
+        match output.kind.as_str() {
+            "oci" | "docker" => {
+                let types = if output.kind == "oci"
+                    || output
+                        .attrs
+                        .get("oci-mediatypes")
+                        .is_some_and(|v| v == "true")
+                {
+                    MediaTypes::Oci
+                } else {
+                    MediaTypes::Docker
+                };
+                let mut exported = None;
+                step(
+                    &format!("exporting to {} image format", output.kind),
+                    &mut || {
+                        let e = export::prepare(store, &image, compression, types)
+                            .map_err(|e| e.to_string())?;
+                        if output.kind == "oci" {
+                            export::write_oci_archive(store, &e, &output_names, &dest, mtime)
+                                .map_err(|e| e.to_string())?;
+                        } else {
+                            export::write_docker_archive(store, &e, &output_names, &dest, mtime)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        exported = Some(e);
+                        Ok(())
+                    },
+                )?;
+                if let Some(e) = exported {
+                    reported = e.manifest;
+                }
+            }
+            "local" => step("exporting to client directory", &mut || {
+                export::write_local(store, &image, &dest).map_err(|e| e.to_string())
+            })?,
+            "tar" => step("exporting to client tarball", &mut || {
+                export::write_fs_tar(store, &image, &dest).map_err(|e| e.to_string())
+            })?,
+            "image" => {
+                if let Some(n) = output.attrs.get("name") {
+                    for tag in n.split(',') {
+                        store
+                            .tag(&stored_tag(tag), &image.manifest)
+                            .map_err(|e| Failure::failed(e.to_string()))?;
+                    }
+                }
+                if output.attrs.get("push").is_some_and(|v| v == "true") {
+                    return Err(Failure::usage(
+                        "push=true is not supported yet by this version of rbuild",
+                    ));
+                }
+            }
+            "registry" => {
+                return Err(Failure::usage(
+                    "-o type=registry is not supported yet by this version of rbuild",
+                ))
+            }
+            "cacheonly" => {}
+            other => return Err(Failure::usage(format!("unknown output type {other:?}"))),
+        }
+    }
+
+    let image_id = image.config_digest.to_string();
+    if let Some(path) = &plan.iidfile {
+        std::fs::write(path, &image_id)
+            .map_err(|e| Failure::failed(format!("writing {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &plan.metadata_file {
+        metadata.insert(
+            "containerimage.config.digest".into(),
+            image_id.clone().into(),
+        );
+        metadata.insert(
+            "containerimage.digest".into(),
+            reported.digest.to_string().into(),
+        );
+        metadata.insert(
+            "containerimage.descriptor".into(),
+            serde_json::to_value(&reported).map_err(|e| Failure::failed(e.to_string()))?,
+        );
+        if !names.is_empty() {
+            metadata.insert("image.name".into(), names.join(",").into());
+        }
+        let text =
+            serde_json::to_string_pretty(&metadata).map_err(|e| Failure::failed(e.to_string()))?;
+        std::fs::write(path, text)
+            .map_err(|e| Failure::failed(format!("writing {}: {e}", path.display())))?;
+    }
+    Ok(BuildResult { image_id })
+}
+
+fn compression(output: &Output) -> Result<Compression, Failure> {
+    let name = output
+        .attrs
+        .get("compression")
+        .map(String::as_str)
+        .unwrap_or("gzip");
+    let level = match output.attrs.get("compression-level") {
+        Some(l) => Some(
+            l.parse::<i32>()
+                .map_err(|_| Failure::usage(format!("invalid compression-level {l:?}")))?,
+        ),
+        None => None,
+    };
+    Compression::parse(name, level).map_err(Failure::usage)
+}
