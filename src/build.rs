@@ -150,14 +150,25 @@ fn build(
         outputs: &checked.outputs,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
-        solve: SolveOptions { jobs, epoch, now },
+        solve: SolveOptions {
+            jobs,
+            epoch,
+            now,
+            no_cache: args.no_cache,
+        },
         progress,
         plain,
     };
-    let result = crate::execute::run(plan, lowered.graph)?;
-    if input.memo_saved.is_some() {
-        // (The memo saves itself when the context is dropped.)
+    let result = crate::execute::run(plan, lowered.graph);
+    // Checksums learnt during the build are kept even if it failed.
+    if let Ok(memos) = MEMOS.lock() {
+        for memo in memos.iter() {
+            if let Err(e) = memo.save() {
+                eprintln!("warning: could not save the context checksum memo: {e}");
+            }
+        }
     }
+    let result = result?;
     if quiet {
         println!("{}", result.image_id);
     } else {
@@ -338,11 +349,13 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Checksum memos opened for this build, saved when it ends.
+static MEMOS: std::sync::Mutex<Vec<Arc<ChecksumMemo>>> = std::sync::Mutex::new(Vec::new());
+
 /// The Dockerfile and the build context.
 struct Input {
     dockerfile: SourceFile,
     context: Option<Arc<dyn Source>>,
-    memo_saved: Option<()>,
 }
 
 /// Opens a context directory with its `.dockerignore` (or `dockerignore`
@@ -364,9 +377,11 @@ fn open_context(
     let mut ctx = Context::open(dir, ignore)
         .map_err(|e| Failure::failed(format!("build context {}: {e}", dir.display())))?;
     if let Some(store) = store {
-        ctx = ctx.with_memo(Arc::new(ChecksumMemo::open(
-            &store.root().join("context-memo.redb"),
-        )));
+        let memo = Arc::new(ChecksumMemo::open(&store.root().join("context-memo.redb")));
+        if let Ok(mut memos) = MEMOS.lock() {
+            memos.push(Arc::clone(&memo));
+        }
+        ctx = ctx.with_memo(memo);
     }
     Ok(Arc::new(ContextSource::new(ctx)))
 }
@@ -389,7 +404,6 @@ fn read_input(args: &BuildArgs, store: Option<&Store>) -> Result<Input, Failure>
             return Ok(Input {
                 dockerfile: SourceFile::new("Dockerfile", text),
                 context: None,
-                memo_saved: None,
             });
         }
         let store = store.ok_or_else(|| Failure::failed("the store is not open"))?;
@@ -412,7 +426,6 @@ fn read_input(args: &BuildArgs, store: Option<&Store>) -> Result<Input, Failure>
         return Ok(Input {
             dockerfile: SourceFile::new(name, dockerfile),
             context: Some(Arc::new(ContextSource::new(ctx))),
-            memo_saved: None,
         });
     }
     let dir = PathBuf::from(&args.context);
@@ -450,7 +463,6 @@ fn read_input(args: &BuildArgs, store: Option<&Store>) -> Result<Input, Failure>
     Ok(Input {
         dockerfile,
         context: Some(context),
-        memo_saved: None,
     })
 }
 

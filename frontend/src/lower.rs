@@ -1898,6 +1898,16 @@ impl<'a> Lowerer<'a> {
                             *span,
                         ));
                     }
+                    // BuildKit quietly reads `../x` as `x`; a path that
+                    // climbs out of the context is almost always a mistake,
+                    // so it is refused, as the classic builder did.
+                    if from.is_none() && go_clean(src).starts_with("..") {
+                        return Err(Error::new(
+                            format!("forbidden path outside the build context: {src}"),
+                            *span,
+                        )
+                        .with_help("COPY reads from the build context; move the file into it or pass another context with --build-context"));
+                    }
                     let input = match inputs
                         .iter()
                         .position(|&o| o == source_input_op)

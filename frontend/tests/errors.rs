@@ -67,6 +67,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("FROM alpine\nCOPY --chmod=999 a b\n", "invalid chmod parameter: '999'. it should be octal string and between 0 and 07777", "2:6"),
     ("FROM alpine\nCOPY https://example.com/f.txt /f\n", "source can't be a URL for COPY", "2:6"),
     ("FROM alpine AS first\nCOPY --from=LATER a b\nFROM alpine AS later\nFROM alpine\nCOPY --from=first / /\n", "cannot copy from stage \"LATER\", it needs to be defined before current stage \"first\"", "2:6"),
+    ("FROM alpine\nCOPY ../secret /x\n", "forbidden path outside the build context: ../secret", "2:6"),
+    ("FROM alpine\nWORKDIR /app\nCOPY sub/../../x /x\n", "forbidden path outside the build context: sub/../../x", "3:6"),
     ("FROM alpine\nSTOPSIGNAL SIGFOO\n", "invalid signal: SIGFOO", "2:12"),
     ("FROM alpine\nEXPOSE 80/xyz\n", "invalid proto: xyz", "2:8"),
     ("FROM alpine\nADD --checksum=sha256:abc https://example.com/f /f\n", "invalid checksum digest \"sha256:abc\"", "2:1"),

@@ -304,28 +304,7 @@ impl Plan<'_> {
         let exclude = Exclude::new(&copy.exclude);
         // Resolve every source first: the destination is a directory when
         // there are several, or when it ends in '/'.
-        let mut found: Vec<(String, SrcEntry, String)> = Vec::new();
-        for src in &copy.sources {
-            let (anchor, pattern) = split_parents(src, copy.parents);
-            if has_wildcard(&pattern) {
-                for e in input.source.glob(&pattern)? {
-                    let followed = input.source.lookup(&e.path, true)?.unwrap_or(e.clone());
-                    found.push((anchor.clone(), followed, e.path.clone()));
-                }
-            } else {
-                let path = normalize(&pattern);
-                match input.source.lookup(&path, true)? {
-                    Some(e) => found.push((anchor.clone(), e, path)),
-                    None => {
-                        let mut msg = format!("failed to calculate checksum: {path:?}: not found");
-                        if let Some(why) = input.source.explain_missing(&path) {
-                            msg = format!("{msg} ({why})");
-                        }
-                        return Err(ExecError::User(msg));
-                    }
-                }
-            }
-        }
+        let found = resolve_sources(input.source, copy)?;
         let dest_is_dir = copy.dest.ends_with('/')
             || copy.dest.ends_with("/.")
             || found.len() > 1
@@ -550,6 +529,66 @@ impl Plan<'_> {
         };
         self.put(target, planned);
     }
+}
+
+/// A copy's sources resolved in its input: (the `--parents` anchor, the
+/// entry with a top-level symlink followed, the path as matched).
+fn resolve_sources(source: &dyn Source, copy: &Copy) -> Result<Vec<(String, SrcEntry, String)>> {
+    let mut found = Vec::new();
+    for src in &copy.sources {
+        let (anchor, pattern) = split_parents(src, copy.parents);
+        if has_wildcard(&pattern) {
+            for e in source.glob(&pattern)? {
+                let followed = source.lookup(&e.path, true)?.unwrap_or(e.clone());
+                found.push((anchor.clone(), followed, e.path.clone()));
+            }
+        } else {
+            let path = normalize(&pattern);
+            match source.lookup(&path, true)? {
+                Some(e) => found.push((anchor.clone(), e, path)),
+                None => {
+                    let mut msg = format!("failed to calculate checksum: {path:?}: not found");
+                    if let Some(why) = source.explain_missing(&path) {
+                        msg = format!("{msg} ({why})");
+                    }
+                    return Err(ExecError::User(msg));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// What a file op reads from build contexts, as a checksum per copy: part
+/// of its cache key. Only contexts contribute; other inputs are keyed by
+/// how they were built.
+pub fn content_key(inputs: &[Input<'_>], actions: &[FileAction]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for action in actions {
+        let FileAction::Copy(copy) = action else {
+            continue;
+        };
+        let Some(input) = inputs.get(copy.input) else {
+            continue;
+        };
+        if !input.is_context {
+            continue;
+        }
+        let mut entries = Vec::new();
+        for (_, entry, _) in resolve_sources(input.source, copy)? {
+            let is_dir = entry.kind == Kind::Dir;
+            let path = entry.path.clone();
+            entries.push(entry);
+            if is_dir {
+                entries.extend(input.source.walk(&path)?);
+            }
+        }
+        match input.source.checksum(&entries)? {
+            Some(sum) => out.push(sum),
+            None => out.push(String::new()),
+        }
+    }
+    Ok(out)
 }
 
 struct TempDir(PathBuf);

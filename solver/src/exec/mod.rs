@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use sha2::Digest as _;
+
 use rbuild_cache::layer::{self, LayerDescriptor};
 use rbuild_cache::Store;
 
@@ -58,6 +60,8 @@ pub struct SolveOptions {
     pub epoch: Option<i64>,
     /// The build's time (seconds since the epoch).
     pub now: i64,
+    /// `--no-cache`: run every op, reuse nothing.
+    pub no_cache: bool,
 }
 
 /// The results of a solve, per op.
@@ -67,6 +71,10 @@ pub struct Solved {
     pub values: Vec<Option<Value>>,
     /// The layer each op added on top of its root input, if any.
     pub added: Vec<Option<LayerDescriptor>>,
+    /// Each op's cache key.
+    pub keys: Vec<Option<String>>,
+    /// Whether each op's result came from the cache.
+    pub cached: Vec<bool>,
 }
 
 impl Solved {
@@ -79,6 +87,14 @@ impl Solved {
             ))),
         }
     }
+}
+
+/// What running (or reusing) one op gave.
+struct Outcome {
+    value: Value,
+    added: Option<LayerDescriptor>,
+    key: String,
+    cached: bool,
 }
 
 /// Runs graphs against a store.
@@ -142,6 +158,8 @@ impl Solver {
         let mut solved = Solved {
             values: vec![None; n],
             added: vec![None; n],
+            keys: vec![None; n],
+            cached: vec![false; n],
         };
         let mut waiting: BTreeMap<OpId, usize> = BTreeMap::new();
         let mut dependents: Vec<Vec<OpId>> = vec![Vec::new(); n];
@@ -173,13 +191,19 @@ impl Solver {
                         })
                     })
                     .collect::<Result<_>>()?;
+                let keys: Vec<String> = graph.ops[op]
+                    .inputs
+                    .iter()
+                    .map(|&i| solved.keys[i].clone().unwrap_or_default())
+                    .collect();
                 let this = Arc::clone(&self);
                 let graph = Arc::clone(&graph);
                 let permit = Arc::clone(&semaphore);
                 running.spawn(async move {
                     let _permit = permit.acquire_owned().await;
                     let result =
-                        tokio::task::spawn_blocking(move || this.run_op(&graph, op, inputs)).await;
+                        tokio::task::spawn_blocking(move || this.run_op(&graph, op, inputs, keys))
+                            .await;
                     (op, result)
                 });
             }
@@ -188,7 +212,12 @@ impl Solver {
             };
             let (op, result) =
                 joined.map_err(|e| ExecError::Internal(format!("op task failed: {e}")))?;
-            let (value, added) = match result {
+            let Outcome {
+                value,
+                added,
+                key,
+                cached,
+            } = match result {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     running.abort_all();
@@ -201,6 +230,8 @@ impl Solver {
             };
             solved.values[op] = Some(value);
             solved.added[op] = added;
+            solved.keys[op] = Some(key);
+            solved.cached[op] = cached;
             done += 1;
             for &d in &dependents[op] {
                 if let Some(w) = waiting.get_mut(&d) {
@@ -219,7 +250,8 @@ impl Solver {
         graph: &Graph,
         op: OpId,
         inputs: Vec<Value>,
-    ) -> Result<(Value, Option<LayerDescriptor>)> {
+        input_keys: Vec<String>,
+    ) -> Result<Outcome> {
         let o = &graph.ops[op];
         let shown = !o.meta.name.is_empty();
         let started = Instant::now();
@@ -229,13 +261,13 @@ impl Solver {
                 name: o.meta.name.clone(),
             });
         }
-        let result = self.execute(&o.kind, &inputs);
+        let result = self.run_cached(&o.kind, o.digest.as_str(), &inputs, &input_keys);
         if shown {
             match &result {
-                Ok(_) => self.progress.event(Event::Done {
+                Ok(outcome) => self.progress.event(Event::Done {
                     op,
                     elapsed: started.elapsed(),
-                    cached: false,
+                    cached: outcome.cached,
                 }),
                 Err(e) => self.progress.event(Event::Failed {
                     op,
@@ -251,6 +283,118 @@ impl Solver {
             },
             e => e,
         })
+    }
+
+    /// Runs an op, or reuses its result when the cache has its key. A key
+    /// is the op's definition digest, its inputs' keys, and for file ops
+    /// the checksums of what they read from build contexts.
+    fn run_cached(
+        &self,
+        kind: &OpKind,
+        digest: &str,
+        inputs: &[Value],
+        input_keys: &[String],
+    ) -> Result<Outcome> {
+        let mut h = sha2::Sha256::new();
+        let mut put = |b: &[u8]| {
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        };
+        put(b"rbuild cache key v1");
+        put(digest.as_bytes());
+        for k in input_keys {
+            put(k.as_bytes());
+        }
+        if let OpKind::Image(src) = kind {
+            if let Some(image) = self.images.get(&src.reference) {
+                put(image.manifest.digest.as_str().as_bytes());
+            }
+        }
+        if let OpKind::Context(c) = kind {
+            if let Some(NamedInput::Image(image)) = self.contexts.get(&c.name) {
+                put(image.manifest.digest.as_str().as_bytes());
+            }
+        }
+        let cacheable = matches!(kind, OpKind::File(_));
+        if let OpKind::File(file) = kind {
+            let views: Vec<FsView> = inputs.iter().map(|_| FsView::default()).collect();
+            let sources = self.sources(inputs, &views);
+            for sum in fileop::content_key(&sources, &file.actions)? {
+                put(sum.as_bytes());
+            }
+        }
+        let key = format!("sha256:{}", hex::encode(h.finalize()));
+        if cacheable && !self.options.no_cache {
+            if let Some(added) = self.cache_lookup(&key) {
+                let mut layers = match inputs.first() {
+                    Some(Value::Fs(fs)) => fs.layers.clone(),
+                    _ => Vec::new(),
+                };
+                layers.extend(added.clone());
+                return Ok(Outcome {
+                    value: Value::Fs(FsState { layers }),
+                    added,
+                    key,
+                    cached: true,
+                });
+            }
+        }
+        let (value, added) = self.execute(kind, inputs)?;
+        if cacheable {
+            self.cache_record(&key, added.as_ref())?;
+        }
+        Ok(Outcome {
+            value,
+            added,
+            key,
+            cached: false,
+        })
+    }
+
+    fn cache_path(&self, key: &str) -> std::path::PathBuf {
+        self.store
+            .root()
+            .join("cache")
+            .join(key.trim_start_matches("sha256:"))
+    }
+
+    /// A cached file-op result: `Some(None)` means "added no layer".
+    fn cache_lookup(&self, key: &str) -> Option<Option<LayerDescriptor>> {
+        let bytes = std::fs::read(self.cache_path(key)).ok()?;
+        let layer: Option<LayerDescriptor> = serde_json::from_slice(&bytes).ok()?;
+        match &layer {
+            // A missing blob behind an entry is a miss, never a broken image.
+            Some(l) if !self.store.has_blob(&l.digest) => None,
+            _ => Some(layer),
+        }
+    }
+
+    fn cache_record(&self, key: &str, layer: Option<&LayerDescriptor>) -> Result<()> {
+        let path = self.cache_path(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(ExecError::Io)?;
+        }
+        let bytes = serde_json::to_vec(&layer).map_err(|e| ExecError::Internal(e.to_string()))?;
+        self.store.write_file_atomic(&path, &bytes)?;
+        Ok(())
+    }
+
+    /// The inputs of a file op as COPY sources.
+    fn sources<'a>(&self, inputs: &'a [Value], views: &'a [FsView]) -> Vec<fileop::Input<'a>> {
+        inputs
+            .iter()
+            .zip(views)
+            .map(|(value, view)| match value {
+                Value::Fs(_) => fileop::Input {
+                    source: view as &dyn Source,
+                    is_context: false,
+                },
+                Value::Context(ctx) => fileop::Input {
+                    source: ctx.as_ref(),
+                    is_context: true,
+                },
+            })
+            .collect()
     }
 
     fn execute(&self, kind: &OpKind, inputs: &[Value]) -> Result<(Value, Option<LayerDescriptor>)> {
@@ -309,20 +453,7 @@ impl Solver {
                         Value::Context(_) => FsView::default(),
                     });
                 }
-                let sources: Vec<fileop::Input<'_>> = inputs
-                    .iter()
-                    .zip(&views)
-                    .map(|(value, view)| match value {
-                        Value::Fs(_) => fileop::Input {
-                            source: view as &dyn Source,
-                            is_context: false,
-                        },
-                        Value::Context(ctx) => fileop::Input {
-                            source: ctx.as_ref(),
-                            is_context: true,
-                        },
-                    })
-                    .collect();
+                let sources = self.sources(inputs, &views);
                 let env = fileop::FileOpEnv {
                     store: &self.store,
                     epoch: self.options.epoch,

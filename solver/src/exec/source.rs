@@ -47,6 +47,8 @@ pub struct SrcEntry {
     pub mtime: i64,
     /// Modification time, nanoseconds part.
     pub mtime_nsec: u32,
+    /// Identity and change time, for content memos: (dev, ino, ctime, ctime_nsec, nlink).
+    pub stat: (u64, u64, i64, u32, u64),
 }
 
 impl SrcEntry {
@@ -80,6 +82,13 @@ impl SrcEntry {
             size: if ft.is_file() { meta.len() } else { 0 },
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            stat: (
+                meta.dev(),
+                meta.ino(),
+                meta.ctime(),
+                meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+                meta.nlink(),
+            ),
         })
     }
 
@@ -123,6 +132,14 @@ pub trait Source: Send + Sync {
     /// COPY's wildcard matching.
     fn glob(&self, pattern: &str) -> io::Result<Vec<SrcEntry>> {
         glob(self, pattern)
+    }
+
+    /// A content checksum of `entries` (paths, types, modes, owners, link
+    /// targets and file contents; never times), for cache keys. `None` when
+    /// the source's identity already covers its content (another stage's
+    /// filesystem is keyed by how it was built).
+    fn checksum(&self, _entries: &[SrcEntry]) -> io::Result<Option<String>> {
+        Ok(None)
     }
 }
 
@@ -243,7 +260,40 @@ impl ContextSource {
             size: e.size,
             mtime: e.mtime,
             mtime_nsec: e.mtime_nsec,
+            stat: (e.dev, e.ino, e.ctime, e.ctime_nsec, e.nlink),
         })
+    }
+
+    fn context_entry(&self, e: &SrcEntry) -> crate::context::Entry {
+        use crate::context::{Entry, EntryKind};
+        let kind = match &e.kind {
+            Kind::File => EntryKind::File,
+            Kind::Dir => EntryKind::Dir,
+            Kind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+            _ => EntryKind::Other,
+        };
+        let (dev, ino, ctime, ctime_nsec, nlink) = e.stat;
+        let type_bits = match kind {
+            EntryKind::File => 0o100000,
+            EntryKind::Dir => 0o040000,
+            EntryKind::Symlink { .. } => 0o120000,
+            EntryKind::Other => 0,
+        };
+        Entry {
+            path: rel(&e.path),
+            kind,
+            mode: e.mode | type_bits,
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            ctime,
+            ctime_nsec,
+            dev,
+            ino,
+            nlink,
+        }
     }
 }
 
@@ -300,6 +350,13 @@ impl Source for ContextSource {
             .into_iter()
             .map(|e| self.entry(e))
             .collect()
+    }
+
+    fn checksum(&self, entries: &[SrcEntry]) -> io::Result<Option<String>> {
+        let entries: Vec<crate::context::Entry> =
+            entries.iter().map(|e| self.context_entry(e)).collect();
+        let digest = self.ctx.checksum(&entries).map_err(io::Error::other)?;
+        Ok(Some(digest.to_string()))
     }
 
     fn explain_missing(&self, path: &str) -> Option<String> {
