@@ -142,6 +142,26 @@ fn build(
             .map(|n| n.get())
             .unwrap_or(2)
     });
+    // What reading build contexts cost, for --metadata-file: a rebuild of
+    // an unchanged context should hash nothing.
+    let context_stats = || {
+        let mut stats = serde_json::Map::new();
+        if let Ok(memos) = MEMOS.lock() {
+            let mut t = (0u64, 0u64, 0u64, 0u64);
+            for m in memos.iter() {
+                let c = m.counters().snapshot();
+                t.0 += c.files_hashed;
+                t.1 += c.bytes_read;
+                t.2 += c.memo_hits;
+                t.3 += c.stat_calls;
+            }
+            stats.insert("files_hashed".into(), t.0.into());
+            stats.insert("bytes_read".into(), t.1.into());
+            stats.insert("memo_hits".into(), t.2.into());
+            stats.insert("stat_calls".into(), t.3.into());
+        }
+        serde_json::Value::Object(stats)
+    };
     let plan = crate::execute::BuildPlan {
         store,
         contexts: named,
@@ -159,7 +179,7 @@ fn build(
         progress,
         plain,
     };
-    let result = crate::execute::run(plan, lowered.graph);
+    let result = crate::execute::run(plan, lowered.graph, &context_stats);
     // Checksums learnt during the build are kept even if it failed.
     if let Ok(memos) = MEMOS.lock() {
         for memo in memos.iter() {
@@ -319,7 +339,7 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
 }
 
 /// `--root`, else `$RBUILD_ROOT` (clap reads it), else the per-user default.
-fn store_root(cli: &Cli) -> Result<PathBuf, Failure> {
+pub fn store_root(cli: &Cli) -> Result<PathBuf, Failure> {
     if let Some(root) = &cli.root {
         return Ok(root.clone());
     }

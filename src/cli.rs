@@ -27,6 +27,20 @@ pub struct Cli {
 pub enum Command {
     /// Build an image from a Dockerfile and a context.
     Build(BuildArgs),
+    /// List the images tagged in the store.
+    Images,
+    /// Remove tags from the store.
+    Rmi {
+        /// Tags to remove (`name[:tag]`).
+        #[arg(required = true, value_name = "NAME[:TAG]")]
+        names: Vec<String>,
+    },
+    /// Print an image's manifest and config as JSON.
+    Inspect {
+        /// A tag in the store (`name[:tag]`), or a manifest digest.
+        #[arg(value_name = "NAME[:TAG]")]
+        name: String,
+    },
 }
 
 /// `rbuild build` flags.
@@ -175,4 +189,4 @@ pub enum Call {
 }
 
 /// Subcommand names, for telling `rbuild PATH` apart from `rbuild SUBCOMMAND`.
-pub const SUBCOMMANDS: &[&str] = &["build", "help"];
+pub const SUBCOMMANDS: &[&str] = &["build", "images", "rmi", "inspect", "help"];

@@ -47,7 +47,11 @@ pub struct BuildResult {
 }
 
 /// Runs the build and its exports.
-pub fn run(plan: BuildPlan<'_>, graph: Graph) -> Result<BuildResult, Failure> {
+pub fn run(
+    plan: BuildPlan<'_>,
+    graph: Graph,
+    context_stats: &dyn Fn() -> serde_json::Value,
+) -> Result<BuildResult, Failure> {
     let graph = Arc::new(graph);
     let solver = Arc::new(Solver::new(
         Arc::clone(&plan.store),
@@ -186,6 +190,7 @@ pub fn run(plan: BuildPlan<'_>, graph: Graph) -> Result<BuildResult, Failure> {
         if !names.is_empty() {
             metadata.insert("image.name".into(), names.join(",").into());
         }
+        metadata.insert("rbuild.context".into(), context_stats());
         let text =
             serde_json::to_string_pretty(&metadata).map_err(|e| Failure::failed(e.to_string()))?;
         std::fs::write(path, text)

@@ -6,6 +6,7 @@ mod diagnostic;
 mod execute;
 mod export;
 mod images;
+mod manage;
 mod options;
 mod progress;
 
@@ -31,6 +32,13 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Build(args) => build::run(&cli, args),
+        Command::Images => build::store_root(&cli).and_then(|root| manage::images(&root)),
+        Command::Rmi { names } => {
+            build::store_root(&cli).and_then(|root| manage::rmi(&root, names))
+        }
+        Command::Inspect { name } => {
+            build::store_root(&cli).and_then(|root| manage::inspect(&root, name))
+        }
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod fileop;
 pub mod fsview;
+pub mod http;
 pub mod image;
 pub mod progress;
 pub mod source;
@@ -469,7 +470,15 @@ impl Solver {
                 "ADD of a git repository ({})",
                 g.remote
             ))),
-            OpKind::Http(h) => Err(ExecError::Unsupported(format!("ADD of a URL ({})", h.url))),
+            OpKind::Http(h) => {
+                let layer = http::fetch(&self.store, h, self.options.now, self.options.epoch)?;
+                Ok((
+                    Value::Fs(FsState {
+                        layers: vec![layer.clone()],
+                    }),
+                    Some(layer),
+                ))
+            }
         }
     }
 

@@ -1,0 +1,153 @@
+//! `rbuild images`, `rbuild rmi`, `rbuild inspect`: looking after the store.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use rbuild_cache::store::REF_NAME;
+use rbuild_cache::Store;
+use rbuild_solver::exec::StoredImage;
+use rbuild_solver::graph::Platform;
+
+use crate::images::{normalize, stored_tag};
+use crate::Failure;
+
+fn open(root: &std::path::Path) -> Result<Store, Failure> {
+    Store::open(root)
+        .map_err(|e| Failure::failed(format!("cannot open the store at {}: {e}", root.display())))
+}
+
+/// Lists tags: name, tag, image ID, size of the layers.
+pub fn images(root: &std::path::Path) -> Result<ExitCode, Failure> {
+    let store = open(root)?;
+    let index = store.index().map_err(|e| Failure::failed(e.to_string()))?;
+    let mut rows = vec![(
+        "REPOSITORY".to_string(),
+        "TAG".to_string(),
+        "IMAGE ID".to_string(),
+        "SIZE".to_string(),
+    )];
+    for desc in &index.manifests {
+        let Some(name) = desc.annotations.get(REF_NAME) else {
+            continue;
+        };
+        let (repo, tag) = match name
+            .rsplit_once(':')
+            .filter(|(r, t)| !t.contains('/') && !r.is_empty())
+        {
+            Some((r, t)) => (r.to_string(), t.to_string()),
+            None => (name.clone(), "latest".to_string()),
+        };
+        let (id, size) = match StoredImage::load(&store, desc, &Platform::host()) {
+            Ok(image) => (
+                image
+                    .config_digest
+                    .hex()
+                    .chars()
+                    .take(12)
+                    .collect::<String>(),
+                human(image.layers.iter().map(|l| l.size).sum()),
+            ),
+            Err(_) => ("<broken>".into(), "-".into()),
+        };
+        rows.push((repo, tag, id, size));
+    }
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    for (a, b, c, d) in rows {
+        let _ = writeln!(out, "{a:w0$}   {b:w1$}   {c:12}   {d}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", units[i])
+    }
+}
+
+/// Finds the stored tag a user's name means (`app` is `app:latest`, and
+/// `docker.io/library/app:1` is `app:1`).
+fn find_tag(store: &Store, name: &str) -> Result<Option<String>, Failure> {
+    let index = store.index().map_err(|e| Failure::failed(e.to_string()))?;
+    let wanted = normalize(name);
+    let exact = stored_tag(name);
+    for desc in &index.manifests {
+        let Some(tag) = desc.annotations.get(REF_NAME) else {
+            continue;
+        };
+        if *tag == exact || (wanted.is_some() && normalize(tag) == wanted) {
+            return Ok(Some(tag.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes tags. Blobs stay until pruned (they are the build cache too).
+pub fn rmi(root: &std::path::Path, names: &[String]) -> Result<ExitCode, Failure> {
+    let store = open(root)?;
+    let mut missing = Vec::new();
+    for name in names {
+        match find_tag(&store, name)? {
+            Some(tag) => {
+                store
+                    .untag(&tag)
+                    .map_err(|e| Failure::failed(e.to_string()))?;
+                println!("Untagged: {tag}");
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if missing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure::failed(format!(
+            "no such image: {}",
+            missing.join(", ")
+        )))
+    }
+}
+
+/// Prints `{"manifest": …, "config": …}`.
+pub fn inspect(root: &std::path::Path, name: &str) -> Result<ExitCode, Failure> {
+    let store = open(root)?;
+    let index = store.index().map_err(|e| Failure::failed(e.to_string()))?;
+    let desc = match find_tag(&store, name)? {
+        Some(tag) => index
+            .manifests
+            .iter()
+            .find(|d| d.annotations.get(REF_NAME) == Some(&tag))
+            .cloned(),
+        None => index
+            .manifests
+            .iter()
+            .find(|d| d.digest.as_str() == name)
+            .cloned(),
+    };
+    let Some(desc) = desc else {
+        return Err(Failure::failed(format!(
+            "no such image: {name} (see `rbuild images`)"
+        )));
+    };
+    let image = StoredImage::load(&store, &desc, &Platform::host())
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    let out = serde_json::json!({
+        "name": desc.annotations.get(REF_NAME),
+        "digest": image.manifest.digest,
+        "id": image.config_digest,
+        "manifest": image.manifest_doc,
+        "config": image.config,
+    });
+    let text = serde_json::to_string_pretty(&out).map_err(|e| Failure::failed(e.to_string()))?;
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
