@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile and a context.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List the images tagged in the store.
     Images,
     /// Remove tags from the store.
