@@ -208,6 +208,26 @@ fn open_dest(dest: &Path) -> Result<Box<dyn Write>, ExportError> {
     Ok(Box::new(BufWriter::with_capacity(1 << 20, f)))
 }
 
+/// The tag of a full reference (`docker.io/library/app:1` → `1`).
+fn tag_of(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let last = last.split('@').next().unwrap_or(last);
+    last.split_once(':')
+        .map_or("latest", |(_, t)| t)
+        .to_string()
+}
+
+/// Docker's short form of a reference, as `docker save` writes it:
+/// `docker.io/library/app:1` → `app:1`, `docker.io/me/app:1` → `me/app:1`.
+fn familiar(name: &str) -> String {
+    let short = name.strip_prefix("docker.io/").unwrap_or(name);
+    short
+        .strip_prefix("library/")
+        .filter(|s| !s.contains('/'))
+        .unwrap_or(short)
+        .to_string()
+}
+
 /// `-o type=oci`: an OCI layout as a tar.
 pub fn write_oci_archive(
     store: &Store,
@@ -219,7 +239,9 @@ pub fn write_oci_archive(
     let mut index = Index::default();
     let mut manifest = image.manifest.clone();
     if let Some(first) = names.first() {
-        manifest.annotations.insert(REF_NAME.into(), first.clone());
+        // containerd's convention, which BuildKit follows: the full name in
+        // io.containerd.image.name, only the tag in ref.name.
+        manifest.annotations.insert(REF_NAME.into(), tag_of(first));
         manifest
             .annotations
             .insert("io.containerd.image.name".into(), first.clone());
@@ -257,7 +279,7 @@ pub fn write_docker_archive(
     let blob = |d: &Digest| format!("blobs/{}/{}", d.algorithm(), d.hex());
     let manifest_json = serde_json::json!([{
         "Config": blob(&image.config.digest),
-        "RepoTags": names,
+                "RepoTags": names.iter().map(|n| familiar(n)).collect::<Vec<_>>(),
         "Layers": image.layers.iter().map(|l| blob(&l.digest)).collect::<Vec<_>>(),
     }]);
     let mut index = Index::default();
@@ -266,13 +288,7 @@ pub fn write_docker_archive(
         manifest
             .annotations
             .insert("io.containerd.image.name".into(), first.clone());
-        manifest.annotations.insert(
-            REF_NAME.into(),
-            first
-                .rsplit_once(':')
-                .map_or("latest", |(_, t)| t)
-                .to_string(),
-        );
+        manifest.annotations.insert(REF_NAME.into(), tag_of(first));
     }
     index.manifests.push(manifest);
     let mut w = ArchiveWriter::new(open_dest(dest)?, mtime);

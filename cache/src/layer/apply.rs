@@ -146,6 +146,10 @@ pub struct ApplyStats {
     /// What was skipped or could not be set (owners, xattrs), at most 50
     /// messages.
     pub warnings: Vec<String>,
+    /// Directories created only because an entry below them needed a
+    /// parent (the layer has no entry of their own), relative to root. In a
+    /// union they must not hide the metadata of the same directory below.
+    pub implicit_dirs: Vec<String>,
 }
 
 /// Extracts a tar onto `root` (an existing directory). Honours whiteouts as
@@ -190,6 +194,8 @@ pub fn apply_layer(reader: impl Read, root: &Path, opts: &ApplyOptions) -> Resul
         parents: HashMap::new(),
         touched: HashSet::new(),
         dirs: HashMap::new(),
+        implicit_dirs: HashSet::new(),
+        explicit_dirs: HashSet::new(),
         owner_warned: false,
         buf: vec![0u8; 256 * 1024],
     };
@@ -197,6 +203,15 @@ pub fn apply_layer(reader: impl Read, root: &Path, opts: &ApplyOptions) -> Resul
         applier.entry(&header, &mut tar)?;
     }
     applier.finish_dirs()?;
+    let explicit: HashSet<PathBuf> = applier.explicit_dirs.drain().collect();
+    let mut implicit: Vec<String> = applier
+        .implicit_dirs
+        .drain()
+        .filter(|p| !explicit.contains(p) && root.join(p).is_dir())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    implicit.sort();
+    applier.stats.implicit_dirs = implicit;
     let mut rest = tar.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
     Ok(applier.stats)
@@ -312,6 +327,10 @@ struct Applier<'a> {
     /// opaque marker or whiteout must not delete.
     touched: HashSet<PathBuf>,
     dirs: HashMap<PathBuf, DirMeta>,
+    /// Parents created without an entry of their own.
+    implicit_dirs: HashSet<PathBuf>,
+    /// Directories the layer has entries for.
+    explicit_dirs: HashSet<PathBuf>,
     owner_warned: bool,
     buf: Vec<u8>,
 }
@@ -504,7 +523,11 @@ impl Applier<'_> {
                         return Ok(None);
                     }
                     match fs::DirBuilder::new().mode(0o755).create(&abs) {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            let mut rel: PathBuf = real.iter().collect();
+                            rel.push(OsStr::from_bytes(&c));
+                            self.implicit_dirs.insert(rel);
+                        }
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(Error::io(&abs, e)),
                     }
@@ -560,6 +583,7 @@ impl Applier<'_> {
 
     fn make_dir(&mut self, rel: &Path, meta: &Meta) -> Result<()> {
         let abs = self.root.join(rel);
+        self.explicit_dirs.insert(rel.to_path_buf());
         // 0700 until the deferred mode: we must be able to write into it.
         match fs::DirBuilder::new().mode(0o700).create(&abs) {
             Ok(()) => {}

@@ -44,6 +44,10 @@ pub struct SnapshotInfo {
     pub entries: u64,
     /// Bytes of file content.
     pub bytes: u64,
+    /// Directories the layer only implies (no entry of their own): a
+    /// union view takes their metadata from the layers below.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub implicit_dirs: Vec<String>,
     /// Entries skipped (e.g. devices where mknod is not permitted).
     pub skipped: u64,
     /// Warnings from unpacking.
@@ -182,6 +186,7 @@ fn unpack_into(store: &Store, layer: &LayerDescriptor, tmp: &Path) -> Result<()>
         bytes: stats.bytes,
         skipped: stats.skipped,
         warnings: stats.warnings,
+        implicit_dirs: stats.implicit_dirs,
     };
     let marker = tmp.join(SNAPSHOT_MARKER);
     let bytes = serde_json::to_vec_pretty(&info).map_err(Error::json)?;

@@ -87,6 +87,7 @@ pub fn run(
         entries: BTreeMap::new(),
         now: env.now,
         users: None,
+        temps: Vec::new(),
     };
     for action in actions {
         match action {
@@ -130,6 +131,8 @@ pub fn run(
     if plan.entries.is_empty() {
         return Ok(None);
     }
+    // Unpacked archives are read while the layer is written: keep them until then.
+    let _temps = std::mem::take(&mut plan.temps);
     let entries = plan.entries;
     let desc = layer::write_layer(env.store, Compression::None, env.epoch, |tar| {
         for (path, entry) in &entries {
@@ -177,6 +180,7 @@ struct Plan<'a> {
     entries: BTreeMap<String, Planned>,
     now: i64,
     users: Option<Users>,
+    temps: Vec<TempDir>,
 }
 
 impl Plan<'_> {
@@ -323,9 +327,24 @@ impl Plan<'_> {
                     .unwrap_or(&as_written)
                     .trim_start_matches('/')
                     .to_string();
-                let target_parent =
-                    self.resolve_dir(&join(&dest, &parent_of(&format!("/{rel}"))))?;
-                self.ensure_parents(&target_parent, owner)?;
+                self.ensure_parents(&self.resolve_dir(&dest)?, owner)?;
+                // Directories between the destination and the file are
+                // made with the metadata of the source's own directories.
+                let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+                let mut src_dir = anchor.clone();
+                let mut dst_dir = self.resolve_dir(&dest)?;
+                for part in parts.iter().take(parts.len().saturating_sub(1)) {
+                    src_dir = join(&src_dir, part);
+                    dst_dir = join(&dst_dir, part);
+                    if self.entries.contains_key(&dst_dir) {
+                        continue;
+                    }
+                    match input.source.lookup(&src_dir, false)? {
+                        Some(d) if d.kind == Kind::Dir => self.plan_one(&d, &dst_dir, None, &ids),
+                        _ => self.ensure_parents(&dst_dir, owner)?,
+                    }
+                }
+                let target_parent = self.resolve_dir(&dst_dir)?;
                 let target = join(&target_parent, &basename(&rel));
                 self.copy_entry(
                     input,
@@ -340,9 +359,13 @@ impl Plan<'_> {
             }
             match &entry.kind {
                 Kind::Dir => {
+                    // The destination directory is made like `mkdir -p`
+                    // (kept as it is when it exists, else 0755 and owned by
+                    // root or the --chown owner); only what is inside the
+                    // source directory is copied with its metadata.
                     let target = self.resolve_dir(&dest)?;
-                    self.ensure_parents(&parent_of(&target), owner)?;
-                    self.copy_entry(
+                    self.ensure_parents(&target, owner)?;
+                    self.copy_children(
                         input,
                         &entry,
                         &target,
@@ -403,7 +426,7 @@ impl Plan<'_> {
         }
         let tmp = env.store.temp_path("unpack");
         std::fs::create_dir_all(&tmp)?;
-        let cleanup = TempDir(tmp.clone());
+        self.temps.push(TempDir(tmp.clone()));
         layer::apply_layer(
             reader,
             &tmp,
@@ -442,7 +465,6 @@ impl Plan<'_> {
             )?;
         }
         let _ = root;
-        drop(cleanup);
         Ok(true)
     }
 
@@ -463,6 +485,24 @@ impl Plan<'_> {
         }
         self.plan_one(entry, target, chmod, ids);
         if entry.kind == Kind::Dir {
+            self.copy_children(input, entry, target, chmod, ids, exclude, rel)?;
+        }
+        Ok(())
+    }
+
+    /// Plans everything under directory `entry` at `target`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_children(
+        &mut self,
+        input: &Input<'_>,
+        entry: &SrcEntry,
+        target: &str,
+        chmod: Option<&Chmod>,
+        ids: &dyn Fn(&SrcEntry) -> (u32, u32),
+        exclude: &Exclude,
+        rel: &str,
+    ) -> Result<()> {
+        {
             let prefix = if entry.path == "/" {
                 "/".to_string()
             } else {
@@ -750,13 +790,15 @@ impl Users {
     /// `user[:group]` to ids: numbers are taken as they are; a user alone
     /// means the group with the same number (Docker's rule).
     fn resolve(&self, owner: &Owner) -> Result<(u32, u32)> {
-        let uid = match owner.user.parse::<u32>() {
-            Ok(n) => n,
+        // A name alone takes the user's primary group from /etc/passwd (as
+        // BuildKit); a number alone is used for the group too (Docker's rule).
+        let (uid, primary) = match owner.user.parse::<u32>() {
+            Ok(n) => (n, n),
             Err(_) => self
                 .passwd
                 .iter()
                 .find(|(n, _, _)| *n == owner.user)
-                .map(|(_, u, _)| *u)
+                .map(|(_, u, g)| (*u, *g))
                 .ok_or_else(|| {
                     ExecError::User(format!(
                         "unable to find user {}: no matching entries in passwd file",
@@ -765,7 +807,7 @@ impl Users {
                 })?,
         };
         let gid = match &owner.group {
-            None => uid,
+            None => primary,
             Some(g) => match g.parse::<u32>() {
                 Ok(n) => n,
                 Err(_) => self

@@ -33,13 +33,34 @@ pub struct Found {
 pub struct FsView {
     /// Snapshot roots, top layer first.
     layers: Vec<PathBuf>,
+    /// Per layer (same order), directories it only implies: they merge
+    /// like directories but show the metadata of the layer below.
+    implicit: Vec<std::collections::HashSet<String>>,
 }
 
 impl FsView {
     /// A view of `layers`, given bottom layer first (image order).
-    pub fn new(mut layers: Vec<PathBuf>) -> Self {
+    pub fn new(layers: Vec<PathBuf>) -> Self {
+        let n = layers.len();
+        Self::with_implicit(layers, vec![Default::default(); n])
+    }
+
+    /// A view of `layers` (bottom first), each with the directories it only
+    /// implies (paths relative to its root, without a leading `/`).
+    pub fn with_implicit(
+        mut layers: Vec<PathBuf>,
+        mut implicit: Vec<std::collections::HashSet<String>>,
+    ) -> Self {
         layers.reverse();
-        FsView { layers }
+        implicit.reverse();
+        implicit.resize(layers.len(), Default::default());
+        FsView { layers, implicit }
+    }
+
+    fn is_implicit(&self, layer: usize, path: &str) -> bool {
+        self.implicit
+            .get(layer)
+            .is_some_and(|set| set.contains(path.trim_start_matches('/')))
     }
 
     /// Whether the view has no layers at all (scratch).
@@ -141,6 +162,8 @@ impl FsView {
         name: &str,
     ) -> io::Result<Option<(Found, Vec<usize>)>> {
         let mut top: Option<Found> = None;
+        let name = name.to_string();
+        let name = name.as_str();
         let mut live = Vec::new();
         for &layer in active {
             let base = self.layers[layer].join(dir.trim_start_matches('/'));
@@ -189,6 +212,31 @@ impl FsView {
             }
             if is_opaque(&base) || has_marker(&base) {
                 break;
+            }
+        }
+        // A directory a layer only implies shows the metadata of the first
+        // layer below that has an entry for it.
+        if let Some(t) = top.as_mut() {
+            if t.meta.is_dir() {
+                let rel = if dir == "/" {
+                    name.to_string()
+                } else {
+                    format!("{}/{name}", dir.trim_start_matches('/'))
+                };
+                if let Some(&first) = live.first() {
+                    if self.is_implicit(first, &rel) {
+                        for &layer in live.iter().skip(1) {
+                            if !self.is_implicit(layer, &rel) {
+                                let real = self.layers[layer].join(&rel);
+                                if let Ok(meta) = fs::symlink_metadata(&real) {
+                                    t.meta = meta;
+                                    t.real = real;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok(top.map(|t| (t, live)))

@@ -486,9 +486,15 @@ impl Solver {
     /// snapshot yet.
     pub fn view(&self, fs: &FsState) -> Result<FsView> {
         let mut roots = Vec::with_capacity(fs.layers.len());
+        let mut implicit = Vec::with_capacity(fs.layers.len());
         for l in &fs.layers {
             roots.push(layer::snapshot(&self.store, l)?);
+            let info = layer::snapshot_info(&self.store, &l.diff_id);
+            implicit.push(
+                info.map(|i| i.implicit_dirs.into_iter().collect())
+                    .unwrap_or_default(),
+            );
         }
-        Ok(FsView::new(roots))
+        Ok(FsView::with_implicit(roots, implicit))
     }
 }
