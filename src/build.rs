@@ -429,7 +429,7 @@ fn read_input(args: &BuildArgs, store: Option<&Store>) -> Result<Input, Failure>
         let store = store.ok_or_else(|| Failure::failed("the store is not open"))?;
         let dir = store.temp_path("context");
         let name = args.file.clone().unwrap_or_else(|| "Dockerfile".into());
-        let extracted = Context::from_tar(bytes.as_slice(), &dir, None, Some(&name))
+        let extracted = Context::from_tar(std::io::Cursor::new(bytes), &dir, None, Some(&name))
             .map_err(|e| Failure::failed(format!("the build context on stdin: {e}")))?;
         let dockerfile = match extracted.dockerfile {
             Some(b) => String::from_utf8(b)

@@ -31,7 +31,6 @@
 //! `spawn_blocking`, never on a tokio worker.
 
 mod ignore;
-mod inflate;
 mod memo;
 pub mod pathmatch;
 mod regex;
@@ -341,11 +340,11 @@ impl Context {
         })
     }
 
-    /// Extracts a context tar (plain or gzip, as `docker build - <
+    /// Extracts a context tar (plain or compressed, as `docker build - <
     /// ctx.tar[.gz]` accepts) into `dest_dir` and opens it. `ignore` `None`
     /// reads `.dockerignore` from the extracted tree. If `dockerfile` names
     /// a file in the tar, its bytes are returned too. See [`TarContext`].
-    pub fn from_tar<R: Read>(
+    pub fn from_tar<R: Read + Send + 'static>(
         reader: R,
         dest_dir: &Path,
         ignore: Option<DockerIgnore>,

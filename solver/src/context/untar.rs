@@ -23,7 +23,6 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
-use super::inflate::GzDecoder;
 use super::{Context, DockerIgnore, Error, Result};
 
 /// A context extracted from a tar.
@@ -37,42 +36,24 @@ pub struct TarContext {
     pub skipped: u64,
 }
 
-pub(crate) fn from_tar<R: Read>(
+pub(crate) fn from_tar<R: Read + Send + 'static>(
     reader: R,
     dest: &Path,
     ignore: Option<DockerIgnore>,
     dockerfile: Option<&str>,
 ) -> Result<TarContext> {
-    let mut reader = reader;
-    let mut magic = [0u8; 6];
-    let mut got = 0;
-    while got < magic.len() {
-        match reader.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::Tar(e.to_string())),
-        }
+    // Plain, gzip, bzip2, xz or zstd: the store's archive sniffer decides.
+    let (stream, is_tar) = rbuild_cache::layer::sniff_archive(Box::new(reader))
+        .map_err(|e| Error::Tar(e.to_string()))?;
+    if !is_tar {
+        return Err(Error::Tar(
+            "not a tar archive (plain or gzip, bzip2, xz, zstd compressed)".into(),
+        ));
     }
-    let head = io::Cursor::new(magic[..got].to_vec()).chain(reader);
-    let m = &magic[..got];
-    let skipped = if m.starts_with(&[0x1f, 0x8b]) {
-        extract(GzDecoder::new(head), dest)?
-    } else if m.starts_with(b"BZh") {
-        return Err(Error::Tar(
-            "bzip2-compressed context tars are not supported; use plain or gzip".into(),
-        ));
-    } else if m.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        return Err(Error::Tar(
-            "xz-compressed context tars are not supported; use plain or gzip".into(),
-        ));
-    } else if m.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(Error::Tar(
-            "zstd-compressed context tars are not supported; use plain or gzip".into(),
-        ));
-    } else {
-        extract(head, dest)?
-    };
+    let mut stream = stream;
+    let skipped = extract(&mut stream, dest)?;
+    // Read to the end so a compressed stream's checksum is verified.
+    io::copy(&mut stream, &mut io::sink()).map_err(|e| Error::Tar(e.to_string()))?;
     let probe = Context::open(dest, DockerIgnore::empty())?;
     let ignore = match ignore {
         Some(i) => i,
