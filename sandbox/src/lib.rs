@@ -1,0 +1,3 @@
+//! The rootless container RUN executes in. (Being written.)
+//!
+//! This is the only crate with `unsafe` and raw syscalls.
