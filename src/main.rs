@@ -23,6 +23,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // The sandbox's container init re-executes this binary; it never returns.
+    rbuild_sandbox::init_hook();
     let cli = match Cli::try_parse_from(with_implicit_build(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
@@ -30,6 +32,25 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
+    // Builds run as root in a user namespace (rootless) or in a private
+    // mount namespace (real root), entered while we are single-threaded.
+    if let Command::Build(args) = &cli.command {
+        if args.call == cli::Call::Build && !args.check {
+            match rbuild_sandbox::enter_user_namespace() {
+                Ok(rbuild_sandbox::Namespace::ExitParent(code)) => {
+                    return ExitCode::from(u8::try_from(code).unwrap_or(1));
+                }
+                Ok(rbuild_sandbox::Namespace::Rootless {
+                    warning: Some(w), ..
+                }) => eprintln!("warning: {w}"),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            }
+        }
+    }
     let result = match &cli.command {
         Command::Build(args) => build::run(&cli, args),
         Command::Images => build::store_root(&cli).and_then(|root| manage::images(&root)),

@@ -2,13 +2,16 @@
 //! `jobs` at once; results are filesystem states (stacks of layers) or
 //! build contexts.
 
+pub mod diff;
 pub mod error;
 pub mod fileop;
 pub mod fsview;
 pub mod http;
 pub mod image;
 pub mod progress;
+mod run;
 pub mod source;
+pub mod user;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,6 +108,14 @@ pub struct Solver {
     images: BTreeMap<String, Arc<StoredImage>>,
     options: SolveOptions,
     progress: Arc<dyn Progress>,
+    /// `--secret` values by id (never in a key, a log or a layer).
+    secrets: BTreeMap<String, Vec<u8>>,
+    /// Proxy settings for every RUN (`KEY=value`).
+    proxy_env: Vec<String>,
+    /// Set to stop running containers (Ctrl-C, another op failed).
+    cancel: rbuild_sandbox::Cancel,
+    /// Running inside a user namespace: overlays need `userxattr`.
+    rootless: bool,
 }
 
 impl Solver {
@@ -123,7 +134,28 @@ impl Solver {
             images,
             options,
             progress,
+            secrets: BTreeMap::new(),
+            proxy_env: Vec::new(),
+            cancel: rbuild_sandbox::Cancel::default(),
+            rootless: rbuild_sandbox::running_in_user_namespace(),
         }
+    }
+
+    /// Secrets RUN --mount=type=secret can use.
+    pub fn with_secrets(mut self, secrets: BTreeMap<String, Vec<u8>>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// Proxy environment added to every RUN (from proxy build args).
+    pub fn with_proxy_env(mut self, env: Vec<String>) -> Self {
+        self.proxy_env = env;
+        self
+    }
+
+    /// The token that stops running containers.
+    pub fn cancel_token(&self) -> rbuild_sandbox::Cancel {
+        self.cancel.clone()
     }
 
     /// The store.
@@ -262,7 +294,7 @@ impl Solver {
                 name: o.meta.name.clone(),
             });
         }
-        let result = self.run_cached(&o.kind, o.digest.as_str(), &inputs, &input_keys);
+        let result = self.run_cached(op, &o.kind, o.digest.as_str(), &inputs, &input_keys);
         if shown {
             match &result {
                 Ok(outcome) => self.progress.event(Event::Done {
@@ -291,6 +323,7 @@ impl Solver {
     /// the checksums of what they read from build contexts.
     fn run_cached(
         &self,
+        op: OpId,
         kind: &OpKind,
         digest: &str,
         inputs: &[Value],
@@ -316,7 +349,7 @@ impl Solver {
                 put(image.manifest.digest.as_str().as_bytes());
             }
         }
-        let cacheable = matches!(kind, OpKind::File(_));
+        let cacheable = matches!(kind, OpKind::File(_) | OpKind::Exec(_));
         if let OpKind::File(file) = kind {
             let views: Vec<FsView> = inputs.iter().map(|_| FsView::default()).collect();
             let sources = self.sources(inputs, &views);
@@ -340,7 +373,7 @@ impl Solver {
                 });
             }
         }
-        let (value, added) = self.execute(kind, inputs)?;
+        let (value, added) = self.execute(op, kind, inputs)?;
         if cacheable {
             self.cache_record(&key, added.as_ref())?;
         }
@@ -398,7 +431,12 @@ impl Solver {
             .collect()
     }
 
-    fn execute(&self, kind: &OpKind, inputs: &[Value]) -> Result<(Value, Option<LayerDescriptor>)> {
+    fn execute(
+        &self,
+        op: OpId,
+        kind: &OpKind,
+        inputs: &[Value],
+    ) -> Result<(Value, Option<LayerDescriptor>)> {
         let fs_input = |i: usize| -> Result<FsState> {
             match inputs.get(i) {
                 Some(Value::Fs(fs)) => Ok(fs.clone()),
@@ -465,7 +503,7 @@ impl Solver {
                 layers.extend(added.clone());
                 Ok((Value::Fs(FsState { layers }), added))
             }
-            OpKind::Exec(_) => Err(ExecError::Unsupported("RUN".into())),
+            OpKind::Exec(exec) => self.run_exec(op, exec, inputs),
             OpKind::Git(g) => Err(ExecError::Unsupported(format!(
                 "ADD of a git repository ({})",
                 g.remote

@@ -1,0 +1,256 @@
+//! A RUN's layer, read from its overlay upperdir: new and changed files as
+//! they are, deletions (0/0 character devices) as `.wh.` whiteouts,
+//! directories recreated over lower ones (the overlay's opaque xattr) with a
+//! `.wh..wh..opq` marker.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use rbuild_cache::layer::{self, Compression, DeviceKind, EntryMeta, LayerDescriptor};
+use rbuild_cache::Store;
+
+use super::error::Result;
+
+/// Extended attributes copied into layers. Overlay's own (`trusted.overlay.*`,
+/// `user.overlay.*`) are its bookkeeping, never content.
+fn content_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    let Ok(n) = rustix::fs::llistxattr(path, &mut names) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+            continue;
+        }
+        if !(name.starts_with("user.")
+            || name.starts_with("security.capability")
+            || name.starts_with("trusted."))
+        {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::lgetxattr(path, name, &mut value) {
+            value.truncate(len);
+            out.push((name.to_string(), value));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn is_opaque(path: &Path) -> bool {
+    ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|name| {
+        let mut buf = [0u8; 4];
+        matches!(rustix::fs::lgetxattr(path, *name, &mut buf), Ok(n) if n >= 1 && buf[0] == b'y')
+    })
+}
+
+enum Item {
+    Dir {
+        meta: EntryMeta,
+        opaque: bool,
+    },
+    File {
+        meta: EntryMeta,
+        size: u64,
+        path: std::path::PathBuf,
+    },
+    Hardlink {
+        meta: EntryMeta,
+        target: String,
+    },
+    Symlink {
+        meta: EntryMeta,
+        target: String,
+    },
+    Device {
+        meta: EntryMeta,
+        kind: DeviceKind,
+        major: u32,
+        minor: u32,
+    },
+    Whiteout,
+}
+
+/// Writes the layer of an upperdir; `None` when nothing changed. `skip`
+/// holds paths (relative, no leading `/`) the sandbox created only to hold
+/// mounts: they are left out when still empty.
+pub fn write_upper_layer(
+    store: &Store,
+    upper: &Path,
+    skip: &HashSet<String>,
+    lower_dir: &dyn Fn(&str) -> Option<(u32, u32, u32)>,
+    epoch: Option<i64>,
+) -> Result<Option<LayerDescriptor>> {
+    let mut items: BTreeMap<String, Item> = BTreeMap::new();
+    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        let abs = if dir.is_empty() {
+            upper.to_path_buf()
+        } else {
+            upper.join(&dir)
+        };
+        let mut names: Vec<String> = Vec::new();
+        for entry in fs::read_dir(&abs)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        for name in names {
+            let rel = if dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{dir}/{name}")
+            };
+            let path = upper.join(&rel);
+            let md = fs::symlink_metadata(&path)?;
+            let ft = md.file_type();
+            if skip.contains(&rel)
+                && (!ft.is_dir() || fs::read_dir(&path)?.next().is_none())
+                && !ft.is_char_device()
+            {
+                continue;
+            }
+            let mut meta = EntryMeta::from_metadata(&md);
+            if ft.is_char_device() && md.rdev() == 0 {
+                items.insert(rel, Item::Whiteout);
+            } else if ft.is_dir() {
+                meta.xattrs = content_xattrs(&path);
+                items.insert(
+                    rel.clone(),
+                    Item::Dir {
+                        meta,
+                        opaque: is_opaque(&path),
+                    },
+                );
+                stack.push(rel);
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path)?.to_string_lossy().into_owned();
+                items.insert(rel, Item::Symlink { meta, target });
+            } else if ft.is_file() {
+                meta.xattrs = content_xattrs(&path);
+                if md.nlink() > 1 {
+                    if let Some(first) = inodes.get(&(md.dev(), md.ino())) {
+                        items.insert(
+                            rel,
+                            Item::Hardlink {
+                                meta,
+                                target: first.clone(),
+                            },
+                        );
+                        continue;
+                    }
+                    inodes.insert((md.dev(), md.ino()), rel.clone());
+                }
+                items.insert(
+                    rel,
+                    Item::File {
+                        meta,
+                        size: md.len(),
+                        path,
+                    },
+                );
+            } else {
+                let rdev = md.rdev();
+                let major = ((rdev >> 8) & 0xfff) as u32 | ((rdev >> 32) & !0xfff) as u32;
+                let minor = (rdev & 0xff) as u32 | ((rdev >> 12) & !0xff) as u32;
+                let kind = if ft.is_char_device() {
+                    DeviceKind::Char
+                } else if ft.is_block_device() {
+                    DeviceKind::Block
+                } else if ft.is_fifo() {
+                    DeviceKind::Fifo
+                } else {
+                    continue; // sockets are not layer content
+                };
+                items.insert(
+                    rel,
+                    Item::Device {
+                        meta,
+                        kind,
+                        major,
+                        minor,
+                    },
+                );
+            }
+        }
+    }
+    // Directories made only to hold mounts go too once nothing else is
+    // left under them (deepest first, so nested mount points unwind).
+    let mut mount_dirs: Vec<&String> = skip.iter().collect();
+    mount_dirs.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    for dir in mount_dirs {
+        if !matches!(items.get(dir), Some(Item::Dir { .. })) {
+            continue;
+        }
+        let prefix = format!("{dir}/");
+        let has_child = items
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
+        if !has_child {
+            items.remove(dir);
+        }
+    }
+    // A directory the overlay copied up without changing it (its mode and
+    // owner are the lower one's) and with nothing changed under it is not
+    // part of the layer: only the mount points made inside it touched it.
+    let mut dirs: Vec<String> = items
+        .iter()
+        .filter(|(_, i)| matches!(i, Item::Dir { opaque: false, .. }))
+        .map(|(k, _)| k.clone())
+        .collect();
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    for dir in dirs {
+        let prefix = format!("{dir}/");
+        let has_child = items
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
+        if has_child {
+            continue;
+        }
+        if let Some(Item::Dir { meta, .. }) = items.get(&dir) {
+            if lower_dir(&dir) == Some((meta.mode, meta.uid, meta.gid)) && meta.xattrs.is_empty() {
+                items.remove(&dir);
+            }
+        }
+    }
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let desc = layer::write_layer(store, Compression::None, epoch, |tar| {
+        for (rel, item) in &items {
+            match item {
+                Item::Dir { meta, opaque } => {
+                    tar.dir(rel, meta)?;
+                    if *opaque {
+                        tar.opaque(rel)?;
+                    }
+                }
+                Item::File { meta, size, path } => {
+                    let mut f = File::open(path)?;
+                    tar.file(rel, meta, *size, &mut f)?;
+                }
+                Item::Hardlink { meta, target } => tar.hardlink(rel, meta, target)?,
+                Item::Symlink { meta, target } => tar.symlink(rel, meta, target)?,
+                Item::Device {
+                    meta,
+                    kind,
+                    major,
+                    minor,
+                } => tar.device(rel, meta, *kind, *major, *minor)?,
+                Item::Whiteout => tar.whiteout(rel)?,
+            }
+        }
+        Ok::<(), io::Error>(())
+    })?;
+    Ok(Some(desc))
+}
