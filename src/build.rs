@@ -168,7 +168,8 @@ fn build(
         images,
         tags: &args.tags,
         outputs: &checked.outputs,
-        iidfile: args.iidfile.clone(),
+                iidfile: args.iidfile.clone(),
+        secrets: load_secrets(&checked.secrets)?,
         metadata_file: args.metadata_file.clone(),
         solve: SolveOptions {
             jobs,
@@ -195,6 +196,23 @@ fn build(
         eprintln!("built {}", result.image_id);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `--secret` values (files or environment variables) into memory;
+/// they go to RUN through a tmpfs, never to disk or a cache key.
+fn load_secrets(specs: &[options::SecretSpec]) -> Result<BTreeMap<String, Vec<u8>>, Failure> {
+    let mut out = BTreeMap::new();
+    for s in specs {
+        let value = match &s.source {
+            options::SecretSource::File(path) => std::fs::read(path)
+                .map_err(|e| Failure::usage(format!("--secret id={}: cannot read {path}: {e}", s.id)))?,
+            options::SecretSource::Env(var) => std::env::var_os(var)
+                .map(|v| v.into_encoded_bytes())
+                .ok_or_else(|| Failure::usage(format!("--secret id={}: environment variable {var} is not set", s.id)))?,
+        };
+        out.insert(s.id.clone(), value);
+    }
+    Ok(out)
 }
 
 /// Resolves `--build-context` values: directories become contexts, OCI
@@ -262,6 +280,7 @@ fn split_layout_spec(spec: &str) -> (String, Option<String>) {
 /// Flag values after checking, and the flags whose feature is not there yet.
 struct CheckedFlags {
     options: Options,
+    secrets: Vec<options::SecretSpec>,
     unsupported: Vec<&'static str>,
     root: PathBuf,
     outputs: Vec<options::Output>,
@@ -311,7 +330,7 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     note(args.push, "--push");
     note(!cache_from.is_empty(), "--cache-from");
     note(!cache_to.is_empty(), "--cache-to");
-    note(!secrets.is_empty(), "--secret");
+    
     note(!ssh.is_empty(), "--ssh");
     note(!args.no_cache_filter.is_empty(), "--no-cache-filter");
     note(args.pull, "--pull");
@@ -329,8 +348,9 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
             NetworkArg::Host => NetworkMode::Host,
         },
     };
-    Ok(CheckedFlags {
+        Ok(CheckedFlags {
         options,
+        secrets,
         unsupported,
         root,
         outputs,

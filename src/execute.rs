@@ -30,8 +30,10 @@ pub struct BuildPlan<'a> {
     pub outputs: &'a [Output],
     /// `--iidfile`.
     pub iidfile: Option<PathBuf>,
-    /// `--metadata-file`.
+        /// `--metadata-file`.
     pub metadata_file: Option<PathBuf>,
+    /// `--secret` values by id.
+    pub secrets: BTreeMap<String, Vec<u8>>,
     /// Solve settings.
     pub solve: SolveOptions,
     /// Where progress goes.
@@ -53,13 +55,11 @@ pub fn run(
     context_stats: &dyn Fn() -> serde_json::Value,
 ) -> Result<BuildResult, Failure> {
     let graph = Arc::new(graph);
-    let solver = Arc::new(Solver::new(
-        Arc::clone(&plan.store),
-        plan.contexts,
-        plan.images,
-        plan.solve,
-        Arc::clone(&plan.progress),
-    ));
+        let solver = Arc::new(
+        Solver::new(Arc::clone(&plan.store), plan.contexts, plan.images, plan.solve, Arc::clone(&plan.progress))
+            .with_secrets(plan.secrets)
+            .with_proxy_env(graph.proxy_env.clone()),
+    );
     let target = graph.target;
     let root = graph.stages[target].root;
     let solved = solver

@@ -93,6 +93,20 @@ impl Solved {
     }
 }
 
+/// The content checksum of a context path (a file, or a directory and
+/// everything in it).
+fn context_checksum(source: &dyn Source, path: &str) -> Result<Vec<u8>> {
+    let path = if path.is_empty() { "/" } else { path };
+    let Some(top) = source.lookup(path, true)? else {
+        return Ok(b"missing".to_vec());
+    };
+    let mut entries = vec![top.clone()];
+    if top.kind == source::Kind::Dir {
+        entries.extend(source.walk(&top.path)?);
+    }
+    Ok(source.checksum(&entries)?.unwrap_or_default().into_bytes())
+}
+
 /// What running (or reusing) one op gave.
 struct Outcome {
     value: Value,
@@ -240,7 +254,16 @@ impl Solver {
                     (op, result)
                 });
             }
-            let Some(joined) = running.join_next().await else {
+                        let joined = tokio::select! {
+                joined = running.join_next() => joined,
+                _ = tokio::signal::ctrl_c() => {
+                    // Kill every container's pid namespace, then stop.
+                    self.cancel.cancel();
+                    running.abort_all();
+                    return Err(ExecError::User("build cancelled".into()));
+                }
+            };
+            let Some(joined) = joined else {
                 return Err(ExecError::Internal("the scheduler ran out of work".into()));
             };
             let (op, result) =
@@ -252,11 +275,14 @@ impl Solver {
                 cached,
             } = match result {
                 Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
+                                Ok(Err(e)) => {
+                    // One op failed: stop the containers of the others.
+                    self.cancel.cancel();
                     running.abort_all();
                     return Err(e);
                 }
                 Err(e) => {
+                    self.cancel.cancel();
                     running.abort_all();
                     return Err(ExecError::Internal(format!("op panicked: {e}")));
                 }
@@ -355,6 +381,17 @@ impl Solver {
             let sources = self.sources(inputs, &views);
             for sum in fileop::content_key(&sources, &file.actions)? {
                 put(sum.as_bytes());
+            }
+        }
+                if let OpKind::Exec(exec) = kind {
+            // A bind mount of a build context reads its files: their
+            // content is part of the key (a secret's never is).
+            for m in &exec.mounts {
+                if let crate::graph::MountKind::Bind { input, source, .. } = &m.kind {
+                    if let Some(Value::Context(ctx)) = inputs.get(*input) {
+                        put(&context_checksum(ctx.as_ref(), source)?);
+                    }
+                }
             }
         }
         let key = format!("sha256:{}", hex::encode(h.finalize()));
