@@ -254,7 +254,7 @@ impl Solver {
                     (op, result)
                 });
             }
-                        let joined = tokio::select! {
+            let joined = tokio::select! {
                 joined = running.join_next() => joined,
                 _ = tokio::signal::ctrl_c() => {
                     // Kill every container's pid namespace, then stop.
@@ -275,7 +275,7 @@ impl Solver {
                 cached,
             } = match result {
                 Ok(Ok(v)) => v,
-                                Ok(Err(e)) => {
+                Ok(Err(e)) => {
                     // One op failed: stop the containers of the others.
                     self.cancel.cancel();
                     running.abort_all();
@@ -383,7 +383,7 @@ impl Solver {
                 put(sum.as_bytes());
             }
         }
-                if let OpKind::Exec(exec) = kind {
+        if let OpKind::Exec(exec) = kind {
             // A bind mount of a build context reads its files: their
             // content is part of the key (a secret's never is).
             for m in &exec.mounts {

@@ -132,7 +132,8 @@ impl Solver {
                 ("/etc/hosts".into(), etc.join("hosts")),
                 ("/etc/hostname".into(), etc.join("hostname")),
             ],
-            no_new_privs: true,
+            // BuildKit leaves no_new_privs off, so setuid helpers (sudo) work in RUN as in Docker.
+            no_new_privs: false,
         };
 
         let mut tail: Vec<String> = Vec::new();
