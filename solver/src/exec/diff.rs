@@ -52,6 +52,9 @@ fn is_opaque(path: &Path) -> bool {
     })
 }
 
+/// Looks a directory up below the upperdir: its (mode, uid, gid).
+pub type LowerDir<'a> = dyn Fn(&str) -> Option<(u32, u32, u32)> + 'a;
+
 enum Item {
     Dir {
         meta: EntryMeta,
@@ -86,7 +89,7 @@ pub fn write_upper_layer(
     store: &Store,
     upper: &Path,
     skip: &HashSet<String>,
-    lower_dir: &dyn Fn(&str) -> Option<(u32, u32, u32)>,
+    lower_dir: &LowerDir<'_>,
     epoch: Option<i64>,
 ) -> Result<Option<LayerDescriptor>> {
     let mut items: BTreeMap<String, Item> = BTreeMap::new();
