@@ -82,6 +82,60 @@ enum Item {
     Whiteout,
 }
 
+/// What an on-disk entry becomes in a layer (None for sockets).
+fn classify(
+    path: &Path,
+    rel: &str,
+    md: &fs::Metadata,
+    opaque: bool,
+    inodes: &mut HashMap<(u64, u64), String>,
+) -> io::Result<Option<Item>> {
+    let ft = md.file_type();
+    let mut meta = EntryMeta::from_metadata(md);
+    Ok(Some(if ft.is_dir() {
+        meta.xattrs = content_xattrs(path);
+        Item::Dir { meta, opaque }
+    } else if ft.is_symlink() {
+        let target = fs::read_link(path)?.to_string_lossy().into_owned();
+        Item::Symlink { meta, target }
+    } else if ft.is_file() {
+        meta.xattrs = content_xattrs(path);
+        if md.nlink() > 1 {
+            if let Some(first) = inodes.get(&(md.dev(), md.ino())) {
+                return Ok(Some(Item::Hardlink {
+                    meta,
+                    target: first.clone(),
+                }));
+            }
+            inodes.insert((md.dev(), md.ino()), rel.to_string());
+        }
+        Item::File {
+            meta,
+            size: md.len(),
+            path: path.to_path_buf(),
+        }
+    } else {
+        let rdev = md.rdev();
+        let major = ((rdev >> 8) & 0xfff) as u32 | ((rdev >> 32) & !0xfff) as u32;
+        let minor = (rdev & 0xff) as u32 | ((rdev >> 12) & !0xff) as u32;
+        let kind = if ft.is_char_device() {
+            DeviceKind::Char
+        } else if ft.is_block_device() {
+            DeviceKind::Block
+        } else if ft.is_fifo() {
+            DeviceKind::Fifo
+        } else {
+            return Ok(None); // sockets are not layer content
+        };
+        Item::Device {
+            meta,
+            kind,
+            major,
+            minor,
+        }
+    }))
+}
+
 /// Writes the layer of an upperdir; `None` when nothing changed. `skip`
 /// holds paths (relative, no leading `/`) the sandbox created only to hold
 /// mounts: they are left out when still empty.
@@ -121,70 +175,31 @@ pub fn write_upper_layer(
             {
                 continue;
             }
-            let mut meta = EntryMeta::from_metadata(&md);
             if ft.is_char_device() && md.rdev() == 0 {
                 items.insert(rel, Item::Whiteout);
-            } else if ft.is_dir() {
-                meta.xattrs = content_xattrs(&path);
-                items.insert(
-                    rel.clone(),
-                    Item::Dir {
-                        meta,
-                        opaque: is_opaque(&path),
-                    },
-                );
-                stack.push(rel);
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&path)?.to_string_lossy().into_owned();
-                items.insert(rel, Item::Symlink { meta, target });
-            } else if ft.is_file() {
-                meta.xattrs = content_xattrs(&path);
-                if md.nlink() > 1 {
-                    if let Some(first) = inodes.get(&(md.dev(), md.ino())) {
-                        items.insert(
-                            rel,
-                            Item::Hardlink {
-                                meta,
-                                target: first.clone(),
-                            },
-                        );
-                        continue;
-                    }
-                    inodes.insert((md.dev(), md.ino()), rel.clone());
+                continue;
+            }
+            let opaque = ft.is_dir() && is_opaque(&path);
+            if let Some(item) = classify(&path, &rel, &md, opaque, &mut inodes)? {
+                if ft.is_dir() {
+                    stack.push(rel.clone());
                 }
-                items.insert(
-                    rel,
-                    Item::File {
-                        meta,
-                        size: md.len(),
-                        path,
-                    },
-                );
-            } else {
-                let rdev = md.rdev();
-                let major = ((rdev >> 8) & 0xfff) as u32 | ((rdev >> 32) & !0xfff) as u32;
-                let minor = (rdev & 0xff) as u32 | ((rdev >> 12) & !0xff) as u32;
-                let kind = if ft.is_char_device() {
-                    DeviceKind::Char
-                } else if ft.is_block_device() {
-                    DeviceKind::Block
-                } else if ft.is_fifo() {
-                    DeviceKind::Fifo
-                } else {
-                    continue; // sockets are not layer content
-                };
-                items.insert(
-                    rel,
-                    Item::Device {
-                        meta,
-                        kind,
-                        major,
-                        minor,
-                    },
-                );
+                items.insert(rel, item);
             }
         }
     }
+    finish(store, items, skip, lower_dir, epoch)
+}
+
+/// Drops mount points and untouched copied-up directories, then writes
+/// the layer (None when nothing is left).
+fn finish(
+    store: &Store,
+    mut items: BTreeMap<String, Item>,
+    skip: &HashSet<String>,
+    lower_dir: &LowerDir<'_>,
+    epoch: Option<i64>,
+) -> Result<Option<LayerDescriptor>> {
     // Directories made only to hold mounts go too once nothing else is
     // left under them (deepest first, so nested mount points unwind).
     let mut mount_dirs: Vec<&String> = skip.iter().collect();
@@ -256,4 +271,136 @@ pub fn write_upper_layer(
         Ok::<(), io::Error>(())
     })?;
     Ok(Some(desc))
+}
+
+/// What a file looked like before a RUN, for the copying snapshotter:
+/// any change to a file changes its ctime (which nothing can set), and a
+/// replaced file or directory has a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+/// Records every path under `root` (relative, no leading `/`).
+pub fn stamp_tree(root: &Path) -> Result<BTreeMap<String, Stamp>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        let abs = if dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&dir)
+        };
+        for entry in fs::read_dir(&abs)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            let md = fs::symlink_metadata(root.join(&rel))?;
+            out.insert(
+                rel.clone(),
+                Stamp {
+                    ino: md.ino(),
+                    ctime: md.ctime(),
+                    ctime_nsec: md.ctime_nsec(),
+                },
+            );
+            if md.is_dir() {
+                stack.push(rel);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The layer of a RUN on a copied rootfs: what is new or changed since
+/// `before`, deletions as whiteouts, replaced directories as opaque.
+pub fn write_tree_diff(
+    store: &Store,
+    root: &Path,
+    before: &BTreeMap<String, Stamp>,
+    skip: &HashSet<String>,
+    lower_dir: &LowerDir<'_>,
+    epoch: Option<i64>,
+) -> Result<Option<LayerDescriptor>> {
+    let mut items: BTreeMap<String, Item> = BTreeMap::new();
+    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    // (dir, whether everything below it is new)
+    let mut stack = vec![(String::new(), false)];
+    while let Some((dir, fresh)) = stack.pop() {
+        let abs = if dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&dir)
+        };
+        for entry in fs::read_dir(&abs)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            let path = root.join(&rel);
+            let md = fs::symlink_metadata(&path)?;
+            seen.insert(rel.clone());
+            if skip.contains(&rel) && (!md.is_dir() || fs::read_dir(&path)?.next().is_none()) {
+                continue;
+            }
+            let old = before.get(&rel);
+            let replaced = old.is_some_and(|o| o.ino != md.ino());
+            let changed = fresh
+                || old.is_none_or(|o| {
+                    o.ino != md.ino() || o.ctime != md.ctime() || o.ctime_nsec != md.ctime_nsec()
+                });
+            let opaque = md.is_dir() && replaced;
+            if changed {
+                if let Some(item) = classify(&path, &rel, &md, opaque, &mut inodes)? {
+                    items.insert(rel.clone(), item);
+                }
+            }
+            if md.is_dir() {
+                stack.push((rel, fresh || opaque || old.is_none()));
+            }
+        }
+    }
+    // Deleted paths: whiteouts, but not below a deleted or replaced directory.
+    for rel in before.keys() {
+        if seen.contains(rel) {
+            continue;
+        }
+        let covered = rel
+            .rmatch_indices('/')
+            .map(|(i, _)| &rel[..i])
+            .any(|parent| {
+                !seen.contains(parent)
+                    || matches!(items.get(parent), Some(Item::Dir { opaque: true, .. }))
+            });
+        if !covered {
+            items.insert(rel.clone(), Item::Whiteout);
+        }
+    }
+    // Parents of changes are part of the layer, as an overlay copy-up makes them.
+    let changed: Vec<String> = items.keys().cloned().collect();
+    for rel in changed {
+        let mut parent = rel.as_str();
+        while let Some(i) = parent.rfind('/') {
+            parent = &parent[..i];
+            if items.contains_key(parent) {
+                continue;
+            }
+            let path = root.join(parent);
+            let md = fs::symlink_metadata(&path)?;
+            if let Some(item) = classify(&path, parent, &md, false, &mut inodes)? {
+                items.insert(parent.to_string(), item);
+            }
+        }
+    }
+    finish(store, items, skip, lower_dir, epoch)
 }

@@ -49,12 +49,36 @@ impl Solver {
             }
         };
         let view = self.view(&base)?;
-        let lowers: Vec<PathBuf> = self.snapshots(&base)?.into_iter().rev().collect();
+        let native = native_snapshotter();
         let scratch = Scratch(self.store().temp_path("exec"));
         let upper = scratch.0.join("upper");
         let work = scratch.0.join("work");
         fs::create_dir_all(&upper)?;
         fs::create_dir_all(&work)?;
+        // The copying snapshotter: a full copy of the base, diffed after.
+        let copied = scratch.0.join("rootfs");
+        let (rootfs, stamps) = if native {
+            materialize(&view, "/", &copied, true)?;
+            let stamps = diff::stamp_tree(&copied)?;
+            (sandbox::Rootfs::Dir(copied.clone()), Some(stamps))
+        } else {
+            let mut lower: Vec<PathBuf> = self.snapshots(&base)?.into_iter().rev().collect();
+            if lower.is_empty() {
+                // Scratch: overlay needs a lowerdir; an empty one stands in.
+                let empty = scratch.0.join("empty");
+                fs::create_dir_all(&empty)?;
+                lower.push(empty);
+            }
+            (
+                sandbox::Rootfs::Overlay {
+                    lower,
+                    upper: upper.clone(),
+                    work,
+                    userxattr: self.rootless,
+                },
+                None,
+            )
+        };
 
         let who = user::resolve(&view, &exec.user)?;
         let mut env = exec.env.clone();
@@ -87,26 +111,8 @@ impl Solver {
             }
         }
 
-        let userxattr = self.rootless;
         let spec = sandbox::ContainerSpec {
-            rootfs: if lowers.is_empty() {
-                // Scratch: overlay needs a lowerdir; an empty one stands in.
-                let empty = scratch.0.join("empty");
-                fs::create_dir_all(&empty)?;
-                sandbox::Rootfs::Overlay {
-                    lower: vec![empty],
-                    upper: upper.clone(),
-                    work,
-                    userxattr,
-                }
-            } else {
-                sandbox::Rootfs::Overlay {
-                    lower: lowers,
-                    upper: upper.clone(),
-                    work,
-                    userxattr,
-                }
-            },
+            rootfs,
             args: exec.args.clone(),
             env,
             cwd: if exec.cwd.is_empty() {
@@ -164,7 +170,18 @@ impl Solver {
             },
             &self.cancel,
         )
-        .map_err(|e| ExecError::User(format!("running {:?}: {e}", exec.args.join(" "))))?;
+                .map_err(|e| {
+            if !native && e.to_string().contains("overlay") {
+                // This kernel or filesystem cannot do overlay here: later
+                // RUNs copy instead.
+                NATIVE_FALLBACK.store(true, std::sync::atomic::Ordering::Relaxed);
+                return ExecError::User(format!(
+                    "running {:?}: {e} (overlayfs is not usable here: set RBUILD_SNAPSHOTTER=native)",
+                    exec.args.join(" ")
+                ));
+            }
+            ExecError::User(format!("running {:?}: {e}", exec.args.join(" ")))
+        })?;
         for rest in partial.iter_mut() {
             if !rest.is_empty() {
                 let line = String::from_utf8_lossy(rest).into_owned();
@@ -200,8 +217,23 @@ impl Solver {
                 .is_dir()
                 .then(|| (f.meta.mode() & 0o7777, f.meta.uid(), f.meta.gid()))
         };
-        let added =
-            diff::write_upper_layer(self.store(), &upper, &skip, &lower_dir, self.options.epoch)?;
+        let added = match &stamps {
+            Some(before) => diff::write_tree_diff(
+                self.store(),
+                &copied,
+                before,
+                &skip,
+                &lower_dir,
+                self.options.epoch,
+            )?,
+            None => diff::write_upper_layer(
+                self.store(),
+                &upper,
+                &skip,
+                &lower_dir,
+                self.options.epoch,
+            )?,
+        };
         let mut layers = base.layers;
         layers.extend(added.clone());
         Ok((Value::Fs(FsState { layers }), added))
@@ -405,6 +437,19 @@ impl Solver {
             }
         }
         Ok(dir)
+    }
+}
+
+/// Set when overlay failed once in this process (automatic mode).
+static NATIVE_FALLBACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Which snapshotter RUN uses: `RBUILD_SNAPSHOTTER=overlay|native`, else
+/// overlay unless it already failed here.
+fn native_snapshotter() -> bool {
+    match std::env::var("RBUILD_SNAPSHOTTER").as_deref() {
+        Ok("native") => true,
+        Ok("overlay") => false,
+        _ => NATIVE_FALLBACK.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
