@@ -168,7 +168,7 @@ fn build(
         images,
         tags: &args.tags,
         outputs: &checked.outputs,
-                iidfile: args.iidfile.clone(),
+        iidfile: args.iidfile.clone(),
         secrets: load_secrets(&checked.secrets)?,
         metadata_file: args.metadata_file.clone(),
         solve: SolveOptions {
@@ -204,11 +204,17 @@ fn load_secrets(specs: &[options::SecretSpec]) -> Result<BTreeMap<String, Vec<u8
     let mut out = BTreeMap::new();
     for s in specs {
         let value = match &s.source {
-            options::SecretSource::File(path) => std::fs::read(path)
-                .map_err(|e| Failure::usage(format!("--secret id={}: cannot read {path}: {e}", s.id)))?,
+            options::SecretSource::File(path) => std::fs::read(path).map_err(|e| {
+                Failure::usage(format!("--secret id={}: cannot read {path}: {e}", s.id))
+            })?,
             options::SecretSource::Env(var) => std::env::var_os(var)
                 .map(|v| v.into_encoded_bytes())
-                .ok_or_else(|| Failure::usage(format!("--secret id={}: environment variable {var} is not set", s.id)))?,
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "--secret id={}: environment variable {var} is not set",
+                        s.id
+                    ))
+                })?,
         };
         out.insert(s.id.clone(), value);
     }
@@ -330,7 +336,7 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     note(args.push, "--push");
     note(!cache_from.is_empty(), "--cache-from");
     note(!cache_to.is_empty(), "--cache-to");
-    
+
     note(!ssh.is_empty(), "--ssh");
     note(!args.no_cache_filter.is_empty(), "--no-cache-filter");
     note(args.pull, "--pull");
@@ -348,7 +354,7 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
             NetworkArg::Host => NetworkMode::Host,
         },
     };
-        Ok(CheckedFlags {
+    Ok(CheckedFlags {
         options,
         secrets,
         unsupported,

@@ -30,7 +30,7 @@ pub struct BuildPlan<'a> {
     pub outputs: &'a [Output],
     /// `--iidfile`.
     pub iidfile: Option<PathBuf>,
-        /// `--metadata-file`.
+    /// `--metadata-file`.
     pub metadata_file: Option<PathBuf>,
     /// `--secret` values by id.
     pub secrets: BTreeMap<String, Vec<u8>>,
@@ -55,10 +55,16 @@ pub fn run(
     context_stats: &dyn Fn() -> serde_json::Value,
 ) -> Result<BuildResult, Failure> {
     let graph = Arc::new(graph);
-        let solver = Arc::new(
-        Solver::new(Arc::clone(&plan.store), plan.contexts, plan.images, plan.solve, Arc::clone(&plan.progress))
-            .with_secrets(plan.secrets)
-            .with_proxy_env(graph.proxy_env.clone()),
+    let solver = Arc::new(
+        Solver::new(
+            Arc::clone(&plan.store),
+            plan.contexts,
+            plan.images,
+            plan.solve,
+            Arc::clone(&plan.progress),
+        )
+        .with_secrets(plan.secrets)
+        .with_proxy_env(graph.proxy_env.clone()),
     );
     let target = graph.target;
     let root = graph.stages[target].root;

@@ -125,23 +125,9 @@ fn dockerfile_errors_exit_1_with_file_line_column() {
 }
 
 #[test]
-fn run_steps_say_they_cannot_execute_yet() {
-    let dir = dockerfile("FROM scratch\nRUN echo hi\n");
-    let root = tempfile::tempdir().unwrap();
-    rbuild()
-        .env("RBUILD_ROOT", root.path())
-        .arg(dir.path())
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("RUN is not supported yet"))
-        .stderr(predicate::str::contains("panicked").not());
-}
-
-#[test]
 fn flags_whose_feature_has_not_landed_are_refused() {
     for flag in [
         &["--push"][..],
-        &["--secret", "id=a,src=/dev/null"],
         &["--ssh", "default"],
         &["--cache-to", "type=local,dest=/tmp/x"],
         &["--pull"],

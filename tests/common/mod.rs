@@ -1229,3 +1229,703 @@ mod sha_tests {
         assert_eq!(h.hex(), sha256_hex(&pattern_bytes(1000, 1)));
     }
 }
+
+// ---------------------------------------------------------------------------
+// RUN tests: the busybox base, layers of stored images, plain progress,
+// throwaway users for rootless runs
+// ---------------------------------------------------------------------------
+
+/// The `rbuild` binary cargo built for the tests.
+pub fn rbuild_bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("rbuild")
+}
+
+/// The busybox base (`testdata/busybox/make.sh`, made with this rbuild) as
+/// an OCI layout tagged `latest`, made once per test process under the
+/// target's tmp dir (world-readable, so a throwaway user can import it).
+/// Layouts left by earlier processes that are gone are removed.
+pub fn busybox_layout() -> &'static Path {
+    static LAYOUT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(&base).unwrap();
+        chmod(&base, 0o755);
+        for e in std::fs::read_dir(&base).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("busybox-layout-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("busybox-layout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = base.join(format!("busybox-store-{}", std::process::id()));
+        let out = std::process::Command::new(repo().join("testdata/busybox/make.sh"))
+            .arg(&dir)
+            .env("RBUILD", rbuild_bin())
+            .env("RBUILD_ROOT", &store)
+            .output()
+            .expect("testdata/busybox/make.sh runs");
+        let _ = std::fs::remove_dir_all(&store);
+        assert!(
+            out.status.success(),
+            "testdata/busybox/make.sh failed (is busybox-static installed?):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        chmod(&dir, 0o755);
+        dir
+    })
+}
+
+/// `--build-context=busybox=oci-layout://…`: `FROM busybox` uses the base.
+pub fn busybox_flag() -> String {
+    format!(
+        "--build-context=busybox=oci-layout://{}:latest",
+        busybox_layout().display()
+    )
+}
+
+/// One entry of a layer tar, as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// The name without a leading `./` or `/` and without a trailing `/`.
+    pub path: String,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub data: Vec<u8>,
+    pub link: Option<String>,
+}
+
+/// The entries of an (uncompressed) layer tar, in order.
+pub fn layer_entries(tar: &[u8]) -> Vec<LayerEntry> {
+    let mut out = Vec::new();
+    let mut ar = tar::Archive::new(tar);
+    for e in ar.entries().expect("layer is a tar") {
+        let mut e = e.expect("layer tar entry");
+        let raw = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let path = raw
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .to_string();
+        let h = e.header().clone();
+        let et = h.entry_type();
+        let kind = if et.is_dir() {
+            Kind::Dir
+        } else if et.is_symlink() {
+            Kind::Symlink
+        } else if et.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        let link = e
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("read layer entry");
+        out.push(LayerEntry {
+            path,
+            kind,
+            mode: h.mode().unwrap_or(0) & 0o7777,
+            uid: h.uid().unwrap_or(u64::MAX),
+            gid: h.gid().unwrap_or(u64::MAX),
+            data,
+            link,
+        });
+    }
+    out
+}
+
+/// The layers (uncompressed tars, bottom first) of image `tag` in a store
+/// (or any OCI layout); `tag` as in `index.json`, e.g. `app:latest`.
+pub fn image_layers(root: &Path, tag: &str) -> Vec<Vec<u8>> {
+    let layout = Layout::new(root);
+    let (_, m) = layout.manifest(Some(tag));
+    m["layers"]
+        .as_array()
+        .expect("manifest layers")
+        .iter()
+        .map(|l| decompress(&layout.blob(l["digest"].as_str().unwrap())))
+        .collect()
+}
+
+/// The layer digests of image `tag` in a store.
+pub fn image_layer_digests(root: &Path, tag: &str) -> Vec<String> {
+    let (_, m) = Layout::new(root).manifest(Some(tag));
+    m["layers"]
+        .as_array()
+        .expect("manifest layers")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A layer's entries as `path kind mode uid:gid` lines, for messages.
+pub fn show_layer(entries: &[LayerEntry]) -> String {
+    let mut s = String::new();
+    for e in entries {
+        let _ = writeln!(
+            s,
+            "  {} {} {:04o} {}:{}",
+            e.path,
+            e.kind.name(),
+            e.mode,
+            e.uid,
+            e.gid
+        );
+    }
+    s
+}
+
+/// The steps of `--progress=plain` output: (`[…] NAME` line without the
+/// `#N `, final state: `CACHED`, `DONE`, `ERROR: …` or `` if none).
+pub fn plain_steps(progress: &str) -> Vec<(String, String)> {
+    let mut names: BTreeMap<u64, String> = BTreeMap::new();
+    let mut states: BTreeMap<u64, String> = BTreeMap::new();
+    for line in progress.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((n, text)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match names.entry(n) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(text.to_string());
+            }
+            std::collections::btree_map::Entry::Occupied(_) => {
+                if text == "CACHED" || text.starts_with("DONE") || text.starts_with("ERROR") {
+                    let state = if text.starts_with("DONE") {
+                        "DONE".to_string()
+                    } else {
+                        text.to_string()
+                    };
+                    states.insert(n, state);
+                }
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|(n, name)| {
+            let st = states.get(&n).cloned().unwrap_or_default();
+            (name, st)
+        })
+        .collect()
+}
+
+/// The state of the one step whose name contains `needle`.
+pub fn step_state(progress: &str, needle: &str) -> String {
+    let steps = plain_steps(progress);
+    let hits: Vec<_> = steps.iter().filter(|(n, _)| n.contains(needle)).collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "expected one step named like {needle:?} in:\n{progress}"
+    );
+    hits[0].1.clone()
+}
+
+/// All regular files under `dir` (recursively, symlinks not followed).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The files under `dir` whose content, or decompressed content (gzip,
+/// zstd, …, and the members of tars), contains `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            let data = std::fs::read(p).unwrap_or_default();
+            data_contains(&data, needle, 0)
+        })
+        .collect()
+}
+
+/// Whether `needle` is in `data`, or in its decompressed content, or in
+/// one of its members if it is a tar (recursively, a few levels deep).
+pub fn contains_deep(data: &[u8], needle: &[u8]) -> bool {
+    data_contains(data, needle, 0)
+}
+
+fn data_contains(data: &[u8], needle: &[u8], depth: u32) -> bool {
+    if contains_bytes(data, needle) {
+        return true;
+    }
+    if depth > 2 {
+        return false;
+    }
+    let compressed = data.starts_with(&[0x1f, 0x8b])
+        || data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || data.starts_with(b"BZh")
+        || data.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]);
+    if compressed {
+        return data_contains(&decompress(data), needle, depth + 1);
+    }
+    // A tar (e.g. an exported archive): look into each member.
+    if data.len() >= 512 && &data[257..262] == b"ustar" {
+        let mut ar = tar::Archive::new(data);
+        if let Ok(entries) = ar.entries() {
+            for e in entries.flatten() {
+                let mut e = e;
+                let mut buf = Vec::new();
+                if e.read_to_end(&mut buf).is_ok() && data_contains(&buf, needle, depth + 1) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// A serializing lock for edits of /etc/passwd, /etc/subuid and friends by
+/// the tests of one process (useradd refuses to run concurrently).
+pub fn users_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A user made for one test (root only), with optional /etc/subuid and
+/// /etc/subgid lines `NAME:START:COUNT`; the lines and the user are removed
+/// on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    line: Option<String>,
+}
+
+impl TestUser {
+    /// `useradd` a fresh user (no home, no automatic subordinate ids);
+    /// `ranges` adds `(start, count)` to /etc/subuid and /etc/subgid.
+    pub fn create(prefix: &str, ranges: Option<(u32, u32)>) -> Result<TestUser, String> {
+        let _g = users_lock();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
+        let mut last = String::new();
+        let mut made = false;
+        for _ in 0..20 {
+            let out = std::process::Command::new("useradd")
+                .args([
+                    "--no-create-home",
+                    "--shell",
+                    "/bin/sh",
+                    "--user-group",
+                    "-K",
+                    "SUB_UID_COUNT=0",
+                    "-K",
+                    "SUB_GID_COUNT=0",
+                    &name,
+                ])
+                .output()
+                .map_err(|e| format!("useradd: {e}"))?;
+            if out.status.success() {
+                made = true;
+                break;
+            }
+            // Another process holds /etc/passwd's lock: try again.
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if !made {
+            return Err(format!("useradd {name} failed: {last}"));
+        }
+        let id = |flag: &str| -> Result<u32, String> {
+            let out = std::process::Command::new("id")
+                .args([flag, &name])
+                .output()
+                .map_err(|e| e.to_string())?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map_err(|_| format!("id {flag} {name}"))
+        };
+        let mut user = TestUser {
+            name: name.clone(),
+            uid: 0,
+            gid: 0,
+            line: None,
+        };
+        user.uid = id("-u")?;
+        user.gid = id("-g")?;
+        // Whatever useradd did, the test decides the ranges.
+        for f in ["/etc/subuid", "/etc/subgid"] {
+            if let Ok(text) = std::fs::read_to_string(f) {
+                let kept: String = text
+                    .lines()
+                    .filter(|l| l.split(':').next() != Some(name.as_str()))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                if kept != text {
+                    std::fs::write(f, kept).map_err(|e| format!("{f}: {e}"))?;
+                }
+            }
+        }
+        if let Some((start, count)) = ranges {
+            let line = format!("{name}:{start}:{count}\n");
+            for f in ["/etc/subuid", "/etc/subgid"] {
+                let mut text = std::fs::read_to_string(f).unwrap_or_default();
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&line);
+                std::fs::write(f, text).map_err(|e| format!("{f}: {e}"))?;
+            }
+            user.line = Some(line);
+        }
+        Ok(user)
+    }
+
+    /// Gives `path` (recursively) to the user.
+    pub fn own(&self, path: &Path) {
+        let out = std::process::Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", self.uid, self.gid))
+            .arg(path)
+            .output()
+            .expect("chown runs");
+        assert!(out.status.success(), "chown -R {}", path.display());
+    }
+
+    /// A command run as this user with a clean environment (PATH, HOME).
+    pub fn command(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        home: &Path,
+    ) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(program);
+        cmd.uid(self.uid)
+            .gid(self.gid)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", home)
+            .env("USER", &self.name)
+            .env("NO_COLOR", "1")
+            .current_dir(home);
+        cmd
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _g = users_lock();
+        if let Some(line) = &self.line {
+            for f in ["/etc/subuid", "/etc/subgid"] {
+                if let Ok(text) = std::fs::read_to_string(f) {
+                    let _ = std::fs::write(f, text.replace(line.as_str(), ""));
+                }
+            }
+        }
+        for _ in 0..20 {
+            let ok = std::process::Command::new("userdel")
+                .arg(&self.name)
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok || !user_exists(&self.name) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+fn user_exists(name: &str) -> bool {
+    std::fs::read_to_string("/etc/passwd")
+        .map(|t| t.lines().any(|l| l.split(':').next() == Some(name)))
+        .unwrap_or(false)
+}
+
+/// Whether the tools a rootless test needs are here (root, useradd,
+/// newuidmap…); `Some(why)` when not.
+pub fn rootless_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("not running as root (the test creates a throwaway user)".into());
+    }
+    for t in ["useradd", "userdel", "newuidmap", "newgidmap", "chown"] {
+        if !have(t) && !Path::new("/usr/sbin").join(t).exists() {
+            return Some(format!("`{t}` is missing"));
+        }
+    }
+    None
+}
+
+/// Hex SHA-256 of a file, with `sha256sum` for big files (our own SHA-256
+/// is slow in unoptimized test builds).
+pub fn sha256_file_fast(path: &Path) -> String {
+    let big = std::fs::metadata(path)
+        .map(|m| m.len() > 256 << 10)
+        .unwrap_or(false);
+    if big && have("sha256sum") {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum runs");
+        assert!(out.status.success(), "sha256sum {}", path.display());
+        String::from_utf8_lossy(&out.stdout)[..64].to_string()
+    } else {
+        sha256_file(path)
+    }
+}
+
+/// An image of a store (or OCI layout) read once: its config, each layer's
+/// entries, and the filesystem they make (whiteouts applied the OCI way).
+pub struct StoredImage {
+    pub manifest: Value,
+    pub config: Value,
+    /// Layer digests, bottom first.
+    pub digests: Vec<String>,
+    pub layers: Vec<Vec<LayerEntry>>,
+    /// Path (no leading `/`) to the entry that made it.
+    pub fs: BTreeMap<String, LayerEntry>,
+}
+
+impl StoredImage {
+    /// Reads image `tag` (as in `index.json`), verifying every blob and
+    /// each layer's diffID.
+    pub fn load(root: &Path, tag: &str) -> StoredImage {
+        let layout = Layout::new(root);
+        let (_, manifest) = layout.manifest(Some(tag));
+        let config = layout.json(manifest["config"]["digest"].as_str().unwrap());
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .expect("rootfs.diff_ids")
+            .iter()
+            .map(|d| d.as_str().unwrap().to_string())
+            .collect();
+        let mut digests = Vec::new();
+        let mut layers = Vec::new();
+        let mut fs: BTreeMap<String, LayerEntry> = BTreeMap::new();
+        let descs = manifest["layers"]
+            .as_array()
+            .expect("manifest.layers")
+            .clone();
+        assert_eq!(descs.len(), diff_ids.len(), "layers vs diff_ids");
+        for (l, diff_id) in descs.iter().zip(&diff_ids) {
+            let digest = l["digest"].as_str().unwrap().to_string();
+            let path = layout.blob_path(&digest);
+            assert_eq!(
+                format!("sha256:{}", sha256_file_fast(&path)),
+                digest,
+                "blob {} is corrupt",
+                path.display()
+            );
+            let blob = std::fs::read(&path).unwrap();
+            let tar = decompress(&blob);
+            if tar.len() != blob.len() {
+                assert_eq!(&digest_of(&tar), diff_id, "layer {digest} diffID");
+            } else {
+                assert_eq!(&digest, diff_id, "uncompressed layer {digest} diffID");
+            }
+            let entries = layer_entries(&tar);
+            apply_entries(&mut fs, &entries);
+            digests.push(digest);
+            layers.push(entries);
+        }
+        StoredImage {
+            manifest,
+            config,
+            digests,
+            layers,
+            fs,
+        }
+    }
+
+    fn key(path: &str) -> &str {
+        path.trim_start_matches('/').trim_end_matches('/')
+    }
+
+    pub fn get(&self, path: &str) -> Option<&LayerEntry> {
+        self.fs.get(Self::key(path))
+    }
+
+    pub fn has(&self, path: &str) -> bool {
+        self.get(path).is_some()
+    }
+
+    /// A regular file's content as text; panics when it is not one.
+    pub fn text(&self, path: &str) -> String {
+        let e = self
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is not in the image:\n{}", self.listing()));
+        assert_eq!(e.kind, Kind::File, "{path} is not a regular file");
+        String::from_utf8_lossy(&e.data).into_owned()
+    }
+
+    pub fn listing(&self) -> String {
+        let v: Vec<LayerEntry> = self.fs.values().cloned().collect();
+        show_layer(&v)
+    }
+
+    /// `config.Env` as strings.
+    pub fn env(&self) -> Vec<String> {
+        self.config["config"]["Env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+/// Applies one layer's entries: its whiteouts hide what the layers below
+/// made, then its entries are added (a directory over a directory keeps
+/// what is below it; anything else replaces the subtree).
+pub fn apply_entries(fs: &mut BTreeMap<String, LayerEntry>, entries: &[LayerEntry]) {
+    let drop_subtree = |fs: &mut BTreeMap<String, LayerEntry>, p: &str, keep_self: bool| {
+        let prefix = if p.is_empty() {
+            String::new()
+        } else {
+            format!("{p}/")
+        };
+        let doomed: Vec<String> = fs
+            .keys()
+            .filter(|k| k.starts_with(&prefix) || (!keep_self && k.as_str() == p))
+            .cloned()
+            .collect();
+        for k in doomed {
+            fs.remove(&k);
+        }
+    };
+    for e in entries {
+        let (dir, base) = match e.path.rsplit_once('/') {
+            Some((d, b)) => (d, b),
+            None => ("", e.path.as_str()),
+        };
+        if base == ".wh..wh..opq" {
+            drop_subtree(fs, dir, true);
+        } else if let Some(hidden) = base.strip_prefix(".wh.") {
+            let p = if dir.is_empty() {
+                hidden.to_string()
+            } else {
+                format!("{dir}/{hidden}")
+            };
+            drop_subtree(fs, &p, false);
+        }
+    }
+    for e in entries {
+        let base = e.path.rsplit('/').next().unwrap_or("");
+        if base.starts_with(".wh.") || e.path.is_empty() {
+            continue;
+        }
+        let mut e = e.clone();
+        if e.kind == Kind::Other {
+            if let Some(target) = &e.link {
+                // A hard link: the target's content.
+                let t = target.trim_start_matches("./").trim_start_matches('/');
+                if let Some(t) = fs.get(t) {
+                    e.kind = t.kind;
+                    e.data = t.data.clone();
+                }
+            }
+        }
+        match fs.get(&e.path) {
+            Some(old) if old.kind == Kind::Dir && e.kind == Kind::Dir => {}
+            Some(_) => drop_subtree(fs, &e.path.clone(), false),
+            None => {}
+        }
+        fs.insert(e.path.clone(), e);
+    }
+}
+
+impl std::ops::Index<&str> for StoredImage {
+    type Output = LayerEntry;
+
+    fn index(&self, path: &str) -> &LayerEntry {
+        self.get(path)
+            .unwrap_or_else(|| panic!("{path} is not in the image:\n{}", self.listing()))
+    }
+}
+
+/// Pids of the processes one of whose arguments is exactly `arg`.
+pub fn pids_with_arg(arg: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 20 ms for up to `secs` seconds.
+pub fn wait_until(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` (e.g. `INT`) to `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(st.success(), "kill -{signal} {pid}");
+}
+
+/// Waits for a child for up to `secs` seconds; kills it and panics if it
+/// does not end.
+pub fn wait_child(child: &mut std::process::Child, secs: f64) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_until(secs, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    match status {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not end within {secs} s", child.id());
+        }
+    }
+}

@@ -64,6 +64,9 @@ enum Item {
         meta: EntryMeta,
         size: u64,
         path: std::path::PathBuf,
+        /// (dev, ino) when the file has other names: the first name in
+        /// layer order holds the content, the others link to it.
+        inode: Option<(u64, u64)>,
     },
     Hardlink {
         meta: EntryMeta,
@@ -83,13 +86,7 @@ enum Item {
 }
 
 /// What an on-disk entry becomes in a layer (None for sockets).
-fn classify(
-    path: &Path,
-    rel: &str,
-    md: &fs::Metadata,
-    opaque: bool,
-    inodes: &mut HashMap<(u64, u64), String>,
-) -> io::Result<Option<Item>> {
+fn classify(path: &Path, md: &fs::Metadata, opaque: bool) -> io::Result<Option<Item>> {
     let ft = md.file_type();
     let mut meta = EntryMeta::from_metadata(md);
     Ok(Some(if ft.is_dir() {
@@ -100,19 +97,12 @@ fn classify(
         Item::Symlink { meta, target }
     } else if ft.is_file() {
         meta.xattrs = content_xattrs(path);
-        if md.nlink() > 1 {
-            if let Some(first) = inodes.get(&(md.dev(), md.ino())) {
-                return Ok(Some(Item::Hardlink {
-                    meta,
-                    target: first.clone(),
-                }));
-            }
-            inodes.insert((md.dev(), md.ino()), rel.to_string());
-        }
+        let inode = (md.nlink() > 1).then(|| (md.dev(), md.ino()));
         Item::File {
             meta,
             size: md.len(),
             path: path.to_path_buf(),
+            inode,
         }
     } else {
         let rdev = md.rdev();
@@ -147,7 +137,6 @@ pub fn write_upper_layer(
     epoch: Option<i64>,
 ) -> Result<Option<LayerDescriptor>> {
     let mut items: BTreeMap<String, Item> = BTreeMap::new();
-    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
     let mut stack = vec![String::new()];
     while let Some(dir) = stack.pop() {
         let abs = if dir.is_empty() {
@@ -180,7 +169,7 @@ pub fn write_upper_layer(
                 continue;
             }
             let opaque = ft.is_dir() && is_opaque(&path);
-            if let Some(item) = classify(&path, &rel, &md, opaque, &mut inodes)? {
+            if let Some(item) = classify(&path, &md, opaque)? {
                 if ft.is_dir() {
                     stack.push(rel.clone());
                 }
@@ -244,6 +233,29 @@ fn finish(
     if items.is_empty() {
         return Ok(None);
     }
+    // Hard links: the first name in layer (sorted) order carries the
+    // content, later names link to it, so the tar extracts in one pass.
+    let mut first_name: HashMap<(u64, u64), String> = HashMap::new();
+    for (rel, item) in items.iter_mut() {
+        if let Item::File {
+            meta,
+            inode: Some(inode),
+            ..
+        } = item
+        {
+            match first_name.get(inode) {
+                Some(first) => {
+                    *item = Item::Hardlink {
+                        meta: meta.clone(),
+                        target: first.clone(),
+                    }
+                }
+                None => {
+                    first_name.insert(*inode, rel.clone());
+                }
+            }
+        }
+    }
     let desc = layer::write_layer(store, Compression::None, epoch, |tar| {
         for (rel, item) in &items {
             match item {
@@ -253,7 +265,9 @@ fn finish(
                         tar.opaque(rel)?;
                     }
                 }
-                Item::File { meta, size, path } => {
+                Item::File {
+                    meta, size, path, ..
+                } => {
                     let mut f = File::open(path)?;
                     tar.file(rel, meta, *size, &mut f)?;
                 }
@@ -329,7 +343,6 @@ pub fn write_tree_diff(
     epoch: Option<i64>,
 ) -> Result<Option<LayerDescriptor>> {
     let mut items: BTreeMap<String, Item> = BTreeMap::new();
-    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();
     // (dir, whether everything below it is new)
     let mut stack = vec![(String::new(), false)];
@@ -361,7 +374,7 @@ pub fn write_tree_diff(
                 });
             let opaque = md.is_dir() && replaced;
             if changed {
-                if let Some(item) = classify(&path, &rel, &md, opaque, &mut inodes)? {
+                if let Some(item) = classify(&path, &md, opaque)? {
                     items.insert(rel.clone(), item);
                 }
             }
@@ -397,7 +410,7 @@ pub fn write_tree_diff(
             }
             let path = root.join(parent);
             let md = fs::symlink_metadata(&path)?;
-            if let Some(item) = classify(&path, parent, &md, false, &mut inodes)? {
+            if let Some(item) = classify(&path, &md, false)? {
                 items.insert(parent.to_string(), item);
             }
         }

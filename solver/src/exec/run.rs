@@ -485,6 +485,20 @@ fn materialize(source: &dyn Source, path: &str, dest: &Path, writable: bool) -> 
                 }
             }
             Kind::Symlink(t) => std::os::unix::fs::symlink(t, at)?,
+            Kind::Char(..) | Kind::Block(..) | Kind::Fifo => {
+                use rustix::fs::{makedev, mknodat, FileType, Mode, CWD};
+                let (ft, dev) = match entry.kind {
+                    Kind::Char(a, b) => (FileType::CharacterDevice, makedev(a, b)),
+                    Kind::Block(a, b) => (FileType::BlockDevice, makedev(a, b)),
+                    _ => (FileType::Fifo, 0),
+                };
+                // Devices need privileges a rootless build may not have:
+                // then the copy simply lacks them (and the diff cannot
+                // report them deleted).
+                if mknodat(CWD, at, ft, Mode::from_raw_mode(entry.mode), dev).is_err() {
+                    return Ok(());
+                }
+            }
             _ => return Ok(()),
         }
         // A hard link shares its inode with the snapshot: its metadata is
