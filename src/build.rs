@@ -20,6 +20,7 @@ use crate::cli::{BuildArgs, Call, Cli, NetworkArg, Progress};
 use crate::diagnostic::{render_error, render_warning};
 use crate::images::{images_for, LocalImages};
 use crate::options;
+use crate::remote::Remote;
 use crate::Failure;
 
 /// Runs `rbuild build`.
@@ -60,18 +61,26 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
         .target_platform
         .clone()
         .unwrap_or_else(Platform::host);
-    let named = match &store {
-        Some(store) => named_inputs(store, &checked.contexts, &platform)?,
-        None => BTreeMap::new(),
+    let quiet = args.quiet || args.progress == Progress::Quiet;
+    let plain = (!quiet && call == Call::Build).then(|| Arc::new(crate::progress::Plain::new(0)));
+    // Only a real build talks to registries: --call=check|graph|targets
+    // answer from what is local.
+    let remote = match (&store, call) {
+        (Some(store), Call::Build) => Some(Remote::new(
+            Arc::clone(store),
+            &checked.insecure,
+            plain.clone(),
+        )?),
+        _ => None,
     };
-    let lowered = match &store {
-        Some(store) => {
-            let local = LocalImages {
-                store,
-                named: &named,
-            };
-            lower(&dockerfile, &checked.options, &local)
-        }
+    let mut resolver = store
+        .as_deref()
+        .map(|s| LocalImages::new(s, remote.as_ref(), args.pull));
+    if let Some(resolver) = resolver.as_mut() {
+        resolver.named = named_inputs(resolver, &checked.contexts, &platform)?;
+    }
+    let lowered = match &resolver {
+        Some(resolver) => lower(&dockerfile, &checked.options, resolver),
         None => lower(&dockerfile, &checked.options, &NoImages),
     }
     .map_err(|e| Failure::rendered(render_error(source, &e)))?;
@@ -94,10 +103,31 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
                     "{flag} is not supported yet by this version of rbuild"
                 )));
             }
-            let store = store.ok_or_else(|| Failure::failed("the store is not open"))?;
-            build(args, &checked, store, input, named, lowered)
+            let (Some(store), Some(resolver)) = (store.clone(), resolver) else {
+                return Err(Failure::failed("the store is not open"));
+            };
+            build(
+                args,
+                &checked,
+                store,
+                input,
+                resolver,
+                lowered,
+                Output {
+                    quiet,
+                    plain,
+                    remote: remote.as_ref(),
+                },
+            )
         }
     }
+}
+
+/// Where a build's progress and pushes go.
+struct Output<'a> {
+    quiet: bool,
+    plain: Option<Arc<crate::progress::Plain>>,
+    remote: Option<&'a Remote>,
 }
 
 /// Solves the graph, then tags and exports the image.
@@ -106,25 +136,24 @@ fn build(
     checked: &CheckedFlags,
     store: Arc<Store>,
     input: Input,
-    mut named: BTreeMap<String, NamedInput>,
+    mut resolver: LocalImages<'_>,
     lowered: Lowered,
+    output: Output<'_>,
 ) -> Result<ExitCode, Failure> {
-    let quiet = args.quiet || args.progress == Progress::Quiet;
-    let plain = (!quiet).then(|| Arc::new(crate::progress::Plain::new(0)));
+    let Output {
+        quiet,
+        plain,
+        remote,
+    } = output;
     let progress: Arc<dyn rbuild_solver::exec::progress::Progress> = match &plain {
         Some(p) => p.clone(),
         None => Arc::new(crate::progress::Quiet),
     };
+    let images = images_for(&resolver, &lowered.graph).map_err(Failure::failed)?;
+    let mut named = std::mem::take(&mut resolver.named);
     if let Some(ctx) = input.context {
         named.insert("context".into(), NamedInput::Dir(ctx));
     }
-    let images = {
-        let local = LocalImages {
-            store: &store,
-            named: &named,
-        };
-        images_for(&local, &lowered.graph).map_err(Failure::failed)?
-    };
     let epoch = match checked.options.build_args.get("SOURCE_DATE_EPOCH") {
         Some(v) => Some(v.trim().parse::<i64>().map_err(|_| {
             Failure::usage(format!(
@@ -179,6 +208,8 @@ fn build(
         },
         progress,
         plain,
+        remote,
+        push: args.push,
     };
     let result = crate::execute::run(plan, lowered.graph, &context_stats);
     // Checksums learnt during the build are kept even if it failed.
@@ -224,10 +255,11 @@ fn load_secrets(specs: &[options::SecretSpec]) -> Result<BTreeMap<String, Vec<u8
 /// Resolves `--build-context` values: directories become contexts, OCI
 /// layouts are imported into the store as images.
 fn named_inputs(
-    store: &Store,
+    resolver: &LocalImages<'_>,
     contexts: &BTreeMap<String, options::ContextValue>,
     platform: &Platform,
 ) -> Result<BTreeMap<String, NamedInput>, Failure> {
+    let store = resolver.store;
     let mut out = BTreeMap::new();
     for (name, value) in contexts {
         let input = match value {
@@ -245,13 +277,14 @@ fn named_inputs(
             options::ContextValue::Image(r) => {
                 let reference = crate::images::normalize(r)
                     .ok_or_else(|| Failure::usage(format!("--build-context {name}: invalid image reference {r:?}")))?;
-                let empty = BTreeMap::new();
-                let local = LocalImages { store, named: &empty };
-                match local.find(&reference, platform).map_err(Failure::failed)? {
-                    Some(image) => NamedInput::Image(Arc::new(image)),
+                                match resolver
+                    .image(&reference, platform)
+                    .map_err(|e| Failure::failed(format!("--build-context {name}=docker-image://{r}: {e}")))?
+                {
+                    Some(image) => NamedInput::Image(image),
                     None => {
-                        return Err(Failure::usage(format!(
-                            "--build-context {name}=docker-image://{r}: the image is not in the local store, and pulling is not supported yet by this version of rbuild"
+                        return Err(Failure::failed(format!(
+                            "--build-context {name}=docker-image://{r}: the image is not in the local store"
                         )))
                     }
                 }
@@ -291,6 +324,7 @@ struct CheckedFlags {
     root: PathBuf,
     outputs: Vec<options::Output>,
     contexts: BTreeMap<String, options::ContextValue>,
+    insecure: Vec<String>,
 }
 
 fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
@@ -333,13 +367,12 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
             unsupported.push(flag);
         }
     };
-    note(args.push, "--push");
+
     note(!cache_from.is_empty(), "--cache-from");
     note(!cache_to.is_empty(), "--cache-to");
 
     note(!ssh.is_empty(), "--ssh");
     note(!args.no_cache_filter.is_empty(), "--no-cache-filter");
-    note(args.pull, "--pull");
 
     let options = Options {
         build_args,
@@ -354,6 +387,38 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
             NetworkArg::Host => NetworkMode::Host,
         },
     };
+    let pushes = args.push
+        || outputs.iter().any(|o| {
+            o.kind == "registry"
+                || (o.kind == "image" && o.attrs.get("push").is_some_and(|v| v == "true"))
+        });
+    let named = |o: &options::Output| o.attrs.get("name").is_some_and(|n| !n.trim().is_empty());
+    if pushes && args.tags.is_empty() && !outputs.iter().any(named) {
+        return Err(Failure::usage(
+            "tag is needed when pushing to a registry: give -t NAME, or -o type=registry,name=NAME",
+        ));
+    }
+    // Registries the outputs allow plain http for (buildx's
+    // `registry.insecure=true`), besides --insecure-registry.
+    let mut insecure = cli.insecure_registries.clone();
+    for o in &outputs {
+        if o.attrs
+            .get("registry.insecure")
+            .is_some_and(|v| v == "true")
+        {
+            for name in o
+                .attrs
+                .get("name")
+                .map(String::as_str)
+                .unwrap_or("")
+                .split(',')
+            {
+                if let Ok(t) = crate::remote::target(name.trim()) {
+                    insecure.push(t.registry);
+                }
+            }
+        }
+    }
     Ok(CheckedFlags {
         options,
         secrets,
@@ -361,6 +426,7 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
         root,
         outputs,
         contexts,
+        insecure,
     })
 }
 

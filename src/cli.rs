@@ -17,6 +17,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
 
+    /// Allow plain http (or an unverified certificate) for this registry
+    /// (`HOST[:PORT]`); loopback registries are always allowed. May be repeated.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -41,6 +46,58 @@ pub enum Command {
         #[arg(value_name = "NAME[:TAG]")]
         name: String,
     },
+    /// Push an image from the store to a registry.
+    Push(PushArgs),
+    /// Pull an image from a registry into the store.
+    Pull(PullArgs),
+}
+
+/// `rbuild push` flags.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The image in the store (`name[:tag]`).
+    #[arg(value_name = "NAME[:TAG]")]
+    pub name: String,
+
+    /// Where to push it [default: NAME].
+    #[arg(value_name = "DEST")]
+    pub dest: Option<String>,
+
+    /// Layer compression: `gzip`, `zstd` or `uncompressed`.
+    #[arg(long, default_value = "gzip", value_name = "TYPE")]
+    pub compression: String,
+
+    /// Use Docker's media types instead of OCI's.
+    #[arg(long)]
+    pub docker_mediatypes: bool,
+
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = Progress::Auto, env = "BUILDKIT_PROGRESS")]
+    pub progress: Progress,
+
+    /// Print only the pushed digest.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `rbuild pull` flags.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image (`name[:tag]` or `name@sha256:…`).
+    #[arg(value_name = "NAME[:TAG|@DIGEST]")]
+    pub reference: String,
+
+    /// The platform to pull from a multi-platform image [default: this machine's].
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = Progress::Auto, env = "BUILDKIT_PROGRESS")]
+    pub progress: Progress,
+
+    /// Print only the image reference.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 /// `rbuild build` flags.
@@ -189,4 +246,4 @@ pub enum Call {
 }
 
 /// Subcommand names, for telling `rbuild PATH` apart from `rbuild SUBCOMMAND`.
-pub const SUBCOMMANDS: &[&str] = &["build", "images", "rmi", "inspect", "help"];
+pub const SUBCOMMANDS: &[&str] = &["build", "images", "rmi", "inspect", "push", "pull", "help"];

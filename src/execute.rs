@@ -14,6 +14,7 @@ use rbuild_solver::graph::Graph;
 use crate::export::{self, MediaTypes};
 use crate::images::{normalize, stored_tag};
 use crate::options::Output;
+use crate::remote::{Encoding, Remote};
 use crate::Failure;
 
 /// Everything a build needs besides the graph.
@@ -40,6 +41,10 @@ pub struct BuildPlan<'a> {
     pub progress: Arc<dyn Progress>,
     /// The plain printer, for the steps the CLI does itself.
     pub plain: Option<Arc<crate::progress::Plain>>,
+    /// Registries, for pushes.
+    pub remote: Option<&'a Remote>,
+    /// `--push`: push every `-t` tag.
+    pub push: bool,
 }
 
 /// What the build produced.
@@ -151,28 +156,34 @@ pub fn run(
             "tar" => step("exporting to client tarball", &mut || {
                 export::write_fs_tar(store, &image, &dest).map_err(|e| e.to_string())
             })?,
-            "image" => {
+            "image" | "registry" => {
                 if let Some(n) = output.attrs.get("name") {
                     for tag in n.split(',') {
                         store
-                            .tag(&stored_tag(tag), &image.manifest)
+                            .tag(&stored_tag(tag.trim()), &image.manifest)
                             .map_err(|e| Failure::failed(e.to_string()))?;
                     }
                 }
-                if output.attrs.get("push").is_some_and(|v| v == "true") {
-                    return Err(Failure::usage(
-                        "push=true is not supported yet by this version of rbuild",
-                    ));
+                let push = output.kind == "registry"
+                    || output.attrs.get("push").is_some_and(|v| v == "true");
+                if push {
+                    let encoding = Encoding {
+                        compression,
+                        types: match output.attrs.get("oci-mediatypes").map(String::as_str) {
+                            Some("false") => MediaTypes::Docker,
+                            _ => MediaTypes::Oci,
+                        },
+                    };
+                    reported = push_to(plan.remote, &image, &output_names, encoding)?;
                 }
-            }
-            "registry" => {
-                return Err(Failure::usage(
-                    "-o type=registry is not supported yet by this version of rbuild",
-                ))
             }
             "cacheonly" => {}
             other => return Err(Failure::usage(format!("unknown output type {other:?}"))),
         }
+    }
+
+    if plan.push {
+        reported = push_to(plan.remote, &image, &names, Encoding::default())?;
     }
 
     let image_id = image.config_digest.to_string();
@@ -203,6 +214,29 @@ pub fn run(
             .map_err(|e| Failure::failed(format!("writing {}: {e}", path.display())))?;
     }
     Ok(BuildResult { image_id })
+}
+
+/// Pushes the built image to every name.
+fn push_to(
+    remote: Option<&Remote>,
+    image: &StoredImage,
+    names: &[String],
+    encoding: Encoding,
+) -> Result<rbuild_cache::store::Descriptor, Failure> {
+    let remote = remote.ok_or_else(|| Failure::failed("registries are not available"))?;
+    if names.is_empty() {
+        return Err(Failure::usage(
+            "tag is needed when pushing to registry: give -t NAME or -o type=registry,name=NAME",
+        ));
+    }
+    let targets = names
+        .iter()
+        .map(|n| crate::remote::target(n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
+    remote
+        .push(image, &targets, encoding)
+        .map_err(Failure::failed)
 }
 
 fn compression(output: &Output) -> Result<Compression, Failure> {

@@ -65,8 +65,14 @@ fn compressed_layer(
     l: &LayerDescriptor,
     compression: Compression,
 ) -> Result<LayerDescriptor, ExportError> {
-    if l.media_type == compression.media_type() {
-        return Ok(l.clone());
+    // A blob already compressed the asked way is reused as it is (as
+    // BuildKit does without force-compression): recompressing a pulled
+    // layer would change its digest and defeat cross-repository mounts.
+    if Compression::from_media_type(&l.media_type).map(|c| c.name()) == Some(compression.name()) {
+        return Ok(LayerDescriptor {
+            media_type: compression.media_type().to_string(),
+            ..l.clone()
+        });
     }
     let key = format!("{}-{}", l.diff_id.hex(), compression_key(compression));
     let memo_dir = store.root().join("compressed");

@@ -1,8 +1,8 @@
-//! Images the build can start from without a registry: tags in the local
-//! store, and images named as build contexts.
+//! Images the build starts from: tags in the local store, images named as
+//! build contexts, and images pulled from registries.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use rbuild_cache::store::REF_NAME;
 use rbuild_cache::Store;
@@ -11,6 +11,8 @@ use rbuild_frontend::reference::Reference;
 use rbuild_frontend::ImageResolver;
 use rbuild_solver::exec::{NamedInput, StoredImage};
 use rbuild_solver::graph::Platform;
+
+use crate::remote::Remote;
 
 /// Normalises a tag as given (`app`, `app:1`) to Docker's full form.
 pub fn normalize(name: &str) -> Option<String> {
@@ -28,17 +30,38 @@ pub fn stored_tag(name: &str) -> String {
     }
 }
 
-/// Looks images up in the store and among named contexts.
+/// Finds the images a build starts from: in the store, among named
+/// contexts, or (with a [`Remote`]) in their registries.
+///
+/// The rule, as the README states it: a tag is resolved once per build; the
+/// local copy is used when the store has one, unless `--pull` asks for the
+/// registry's current one; a digest reference is never re-resolved.
 pub struct LocalImages<'a> {
     /// The store.
     pub store: &'a Store,
     /// Named build contexts.
-    pub named: &'a BTreeMap<String, NamedInput>,
+    pub named: BTreeMap<String, NamedInput>,
+    /// Registries to pull from; `None` keeps the build offline.
+    pub remote: Option<&'a Remote>,
+    /// `--pull`: resolve tags in the registry even when the store has them.
+    pub pull: bool,
+    resolved: Mutex<HashMap<String, Arc<StoredImage>>>,
 }
 
-impl LocalImages<'_> {
+impl<'a> LocalImages<'a> {
+    /// A resolver over `store`, pulling through `remote` when given.
+    pub fn new(store: &'a Store, remote: Option<&'a Remote>, pull: bool) -> Self {
+        LocalImages {
+            store,
+            named: BTreeMap::new(),
+            remote,
+            pull,
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The stored image a normalised reference names, if it is tagged (or,
-    /// for `name@sha256:…`, present) in the store.
+    /// for `name@sha256:…`, present) in the store with all its blobs.
     pub fn find(
         &self,
         reference: &str,
@@ -55,13 +78,51 @@ impl LocalImages<'_> {
                     .and_then(|n| normalize(n))
                     .is_some_and(|n| n == reference),
             };
-            if hit {
-                return StoredImage::load(self.store, desc, platform)
-                    .map(Some)
-                    .map_err(|e| e.to_string());
+            if !hit {
+                continue;
             }
+            return match StoredImage::load(self.store, desc, platform) {
+                Ok(image) if image.layers.iter().all(|l| self.store.has_blob(&l.digest)) => {
+                    Ok(Some(image))
+                }
+                // A pulled index holds only the platforms pulled so far;
+                // with a registry at hand the rest is fetched.
+                Ok(_) | Err(_) if self.remote.is_some() => Ok(None),
+                Ok(_) => Err(format!("image {reference} is missing layers in the store")),
+                Err(e) => Err(e.to_string()),
+            };
         }
         Ok(None)
+    }
+
+    /// The image `reference` (normalised) names for `platform`, resolved
+    /// once per build.
+    pub fn image(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Option<Arc<StoredImage>>, String> {
+        let key = format!("{reference} {platform}");
+        if let Some(image) = self.resolved.lock().map_err(|e| e.to_string())?.get(&key) {
+            return Ok(Some(Arc::clone(image)));
+        }
+        let by_digest = reference.contains('@');
+        let local = if self.pull && !by_digest && self.remote.is_some() {
+            None
+        } else {
+            self.find(reference, platform)?
+        };
+        let image = match (local, self.remote) {
+            (Some(image), _) => image,
+            (None, Some(remote)) => remote.pull(reference, platform)?.1,
+            (None, None) => return Ok(None),
+        };
+        let image = Arc::new(image);
+        self.resolved
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(key, Arc::clone(&image));
+        Ok(Some(image))
     }
 }
 
@@ -78,7 +139,7 @@ impl ImageResolver for LocalImages<'_> {
         reference: &str,
         platform: &Platform,
     ) -> Result<Option<ResolvedImage>, String> {
-        Ok(self.find(reference, platform)?.as_ref().map(resolved))
+        Ok(self.image(reference, platform)?.as_deref().map(resolved))
     }
 
     fn resolve_context(
@@ -93,7 +154,7 @@ impl ImageResolver for LocalImages<'_> {
     }
 }
 
-/// Every image the graph's ops name, loaded from the store.
+/// Every image the graph's ops name, from the store or pulled.
 pub fn images_for(
     local: &LocalImages<'_>,
     graph: &rbuild_solver::graph::Graph,
@@ -104,8 +165,8 @@ pub fn images_for(
             if out.contains_key(&src.reference) {
                 continue;
             }
-            if let Some(image) = local.find(&src.reference, &src.platform)? {
-                out.insert(src.reference.clone(), Arc::new(image));
+            if let Some(image) = local.image(&src.reference, &src.platform)? {
+                out.insert(src.reference.clone(), image);
             }
         }
     }

@@ -9,6 +9,7 @@ mod images;
 mod manage;
 mod options;
 mod progress;
+mod remote;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -60,6 +61,8 @@ fn main() -> ExitCode {
         Command::Inspect { name } => {
             build::store_root(&cli).and_then(|root| manage::inspect(&root, name))
         }
+        Command::Push(args) => manage::push(&cli, args),
+        Command::Pull(args) => manage::pull(&cli, args),
     };
     match result {
         Ok(code) => code,
@@ -76,8 +79,22 @@ fn main() -> ExitCode {
 /// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: insert `build` when
 /// the first argument is not a subcommand or a top-level flag.
 fn with_implicit_build(mut args: Vec<OsString>) -> Vec<OsString> {
-    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
-        return args;
+    // Global options may come before the subcommand: look past them.
+    let mut i = 1;
+    let first = loop {
+        let Some(arg) = args.get(i).and_then(|a| a.to_str()) else {
+            return args;
+        };
+        if GLOBAL_WITH_VALUE.contains(&arg) {
+            i += 2;
+        } else if GLOBAL_WITH_VALUE
+            .iter()
+            .any(|g| arg.strip_prefix(g).is_some_and(|r| r.starts_with('=')))
+        {
+            i += 1;
+        } else {
+            break arg;
+        }
     };
     let top_level = matches!(first, "-h" | "--help" | "-V" | "--version");
     if !top_level && !SUBCOMMANDS.contains(&first) {
@@ -85,6 +102,9 @@ fn with_implicit_build(mut args: Vec<OsString>) -> Vec<OsString> {
     }
     args
 }
+
+/// Global options that take a value (see `Cli`).
+const GLOBAL_WITH_VALUE: &[&str] = &["--root", "--insecure-registry"];
 
 /// A failed command: what to print and the exit status.
 #[derive(Debug)]
@@ -146,6 +166,14 @@ mod tests {
         assert_eq!(
             with_implicit_build(os(&["rbuild", "--help"])),
             os(&["rbuild", "--help"])
+        );
+        assert_eq!(
+            with_implicit_build(os(&["rbuild", "--root", "/s", "push", "a"])),
+            os(&["rbuild", "--root", "/s", "push", "a"])
+        );
+        assert_eq!(
+            with_implicit_build(os(&["rbuild", "--root=/s", "-t", "a", "."])),
+            os(&["rbuild", "build", "--root=/s", "-t", "a", "."])
         );
     }
 }

@@ -1,14 +1,23 @@
-//! `rbuild images`, `rbuild rmi`, `rbuild inspect`: looking after the store.
+//! `rbuild images`, `rmi`, `inspect`, `push`, `pull`: looking after the
+//! store and moving images between it and registries.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use rbuild_cache::layer::Compression;
 
 use rbuild_cache::store::REF_NAME;
 use rbuild_cache::Store;
 use rbuild_solver::exec::StoredImage;
 use rbuild_solver::graph::Platform;
 
-use crate::images::{normalize, stored_tag};
+use crate::build::store_root;
+use crate::cli::{Cli, PullArgs, PushArgs};
+use crate::export::MediaTypes;
+use crate::images::{normalize, stored_tag, LocalImages};
+use crate::progress::Plain;
+use crate::remote::{Encoding, Remote};
 use crate::Failure;
 
 fn open(root: &std::path::Path) -> Result<Store, Failure> {
@@ -149,5 +158,86 @@ pub fn inspect(root: &std::path::Path, name: &str) -> Result<ExitCode, Failure> 
     });
     let text = serde_json::to_string_pretty(&out).map_err(|e| Failure::failed(e.to_string()))?;
     println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn printer(quiet: bool, progress: crate::cli::Progress) -> Option<Arc<Plain>> {
+    (!quiet && progress != crate::cli::Progress::Quiet).then(|| Arc::new(Plain::new(0)))
+}
+
+/// `rbuild pull`: fetches an image into the store and tags it under its
+/// full name; prints the digest it resolved to.
+pub fn pull(cli: &Cli, args: &PullArgs) -> Result<ExitCode, Failure> {
+    let reference = normalize(&args.reference)
+        .ok_or_else(|| Failure::usage(format!("invalid image reference {:?}", args.reference)))?;
+    let platform = crate::options::platform(args.platform.as_slice())
+        .map_err(|e| Failure::usage(e.to_string()))?
+        .unwrap_or_else(Platform::host);
+    let store = Arc::new(open(&store_root(cli)?)?);
+    let remote = Remote::new(
+        Arc::clone(&store),
+        &cli.insecure_registries,
+        printer(args.quiet, args.progress),
+    )?;
+    let (top, _) = remote
+        .pull(&reference, &platform)
+        .map_err(Failure::failed)?;
+    if !args.quiet {
+        println!("Digest: {}", top.digest);
+        println!("Status: Downloaded image for {reference}");
+    }
+    println!("{reference}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rbuild push NAME [DEST]`: sends a stored image to a registry.
+pub fn push(cli: &Cli, args: &PushArgs) -> Result<ExitCode, Failure> {
+    let store = Arc::new(open(&store_root(cli)?)?);
+    let reference = normalize(&args.name)
+        .ok_or_else(|| Failure::usage(format!("invalid image reference {:?}", args.name)))?;
+    let dest = args.dest.as_deref().unwrap_or(&args.name);
+    let target = crate::remote::target(dest).map_err(Failure::usage)?;
+    if target.digest.is_some() {
+        return Err(Failure::usage(format!(
+            "cannot push to a digest reference ({dest}): name a tag"
+        )));
+    }
+    let compression = Compression::parse(&args.compression, None).map_err(Failure::usage)?;
+    let local = LocalImages::new(&store, None, false);
+    let image = local
+        .find(&reference, &Platform::host())
+        .map_err(Failure::failed)?
+        .ok_or_else(|| {
+            Failure::failed(format!(
+                "no such image: {} (see `rbuild images`)",
+                args.name
+            ))
+        })?;
+    let remote = Remote::new(
+        Arc::clone(&store),
+        &cli.insecure_registries,
+        printer(args.quiet, args.progress),
+    )?;
+    let encoding = Encoding {
+        compression,
+        types: if args.docker_mediatypes {
+            MediaTypes::Docker
+        } else {
+            MediaTypes::Oci
+        },
+    };
+    let desc = remote
+        .push(&image, std::slice::from_ref(&target), encoding)
+        .map_err(Failure::failed)?;
+    if args.quiet {
+        println!("{}", desc.digest);
+    } else {
+        println!(
+            "{}: digest: {} size: {}",
+            target.reference(),
+            desc.digest,
+            desc.size
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -45,11 +45,76 @@ impl Plain {
         result
     }
 
+    /// Starts a step the CLI does itself whose lines come as it goes.
+    pub fn start(&self, name: &str) -> Step {
+        let n = self.allocate();
+        line(&format!("#{n} {name}\n"));
+        Step {
+            n,
+            start: Instant::now(),
+        }
+    }
+
     fn allocate(&self) -> usize {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.next += 1;
         s.next
     }
+}
+
+/// A step in progress (see [`Plain::start`]).
+#[derive(Debug)]
+pub struct Step {
+    n: usize,
+    start: Instant,
+}
+
+impl Step {
+    /// Prints a line under the step.
+    pub fn log(&self, text: &str) {
+        line(&format!("#{} {text}\n", self.n));
+    }
+
+    /// Ends the step.
+    pub fn done(&self) {
+        line(&format!(
+            "#{} DONE {}\n\n",
+            self.n,
+            seconds(self.start.elapsed())
+        ));
+    }
+
+    /// Ends the step with an error.
+    pub fn failed(&self, error: &str) {
+        line(&format!("#{} ERROR: {error}\n\n", self.n));
+    }
+}
+
+/// Bytes as BuildKit prints them: `52.43MB`, `880B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.2}{}", UNITS[unit])
+    }
+}
+
+/// A transfer rate: `43.7MB/s`.
+pub fn rate(n: u64, d: Duration) -> String {
+    let secs = d.as_secs_f64().max(0.001);
+    format!("{}/s", bytes((n as f64 / secs) as u64))
+}
+
+/// Public form of the step duration format.
+pub fn seconds_of(d: Duration) -> String {
+    seconds(d)
 }
 
 fn seconds(d: Duration) -> String {

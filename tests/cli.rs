@@ -127,10 +127,8 @@ fn dockerfile_errors_exit_1_with_file_line_column() {
 #[test]
 fn flags_whose_feature_has_not_landed_are_refused() {
     for flag in [
-        &["--push"][..],
-        &["--ssh", "default"],
+        &["--ssh", "default"][..],
         &["--cache-to", "type=local,dest=/tmp/x"],
-        &["--pull"],
     ] {
         rbuild()
             .args(flag)
@@ -138,6 +136,22 @@ fn flags_whose_feature_has_not_landed_are_refused() {
             .assert()
             .code(2)
             .stderr(predicate::str::contains("is not supported yet"));
+    }
+}
+
+#[test]
+fn pushing_needs_a_name() {
+    for flag in [
+        &["--push"][..],
+        &["-o", "type=registry"],
+        &["-o", "type=image,push=true"],
+    ] {
+        rbuild()
+            .args(flag)
+            .arg(testdata().join("hello"))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("tag is needed when pushing"));
     }
 }
 
@@ -190,7 +204,7 @@ fn call_check_exits_1_on_warnings_and_0_without() {
 
 #[test]
 fn check_error_directive_fails_the_build() {
-    let dir = dockerfile("# check=error=true\nFROM alpine\nCMD echo hi\n");
+    let dir = dockerfile("# check=error=true\nFROM scratch\nCMD echo hi\n");
     rbuild()
         .arg(dir.path())
         .assert()

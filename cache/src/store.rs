@@ -289,6 +289,28 @@ impl Store {
             .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(name)))
     }
 
+    /// Remembers that blob `digest` is also in repository `name`
+    /// (`registry/repository`), so a push to another repository of that
+    /// registry can mount it instead of uploading it (containerd keeps the
+    /// same fact as a "distribution source" label).
+    pub fn add_source(&self, digest: &Digest, name: &str) -> Result<()> {
+        let mut names = self.sources(digest);
+        if names.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        names.push(name.to_string());
+        let dir = self.root.join("sources");
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        self.write_file_atomic(&dir.join(digest.hex()), names.join("\n").as_bytes())
+    }
+
+    /// The repositories blob `digest` is known to be in.
+    pub fn sources(&self, digest: &Digest) -> Vec<String> {
+        fs::read_to_string(self.root.join("sources").join(digest.hex()))
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
     /// Writes `bytes` to `path` through a temp file, fsyncs and renames.
     pub fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = self.temp_path("file");

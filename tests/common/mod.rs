@@ -13,6 +13,7 @@ use std::process::{Output, Stdio};
 
 use assert_cmd::Command;
 use serde_json::{json, Value};
+pub mod registry;
 
 // ---------------------------------------------------------------------------
 // Running rbuild and other tools

@@ -17,6 +17,9 @@ pub enum ExecError {
     /// An I/O error.
     #[error(transparent)]
     Io(io::Error),
+    /// A registry failed.
+    #[error(transparent)]
+    Registry(#[from] rbuild_registry::Error),
     /// A bug: an invariant of the graph did not hold.
     #[error("internal error: {0}")]
     Internal(String),

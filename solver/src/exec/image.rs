@@ -262,7 +262,7 @@ fn copy_blob(store: &Store, layout: &Path, digest: &Digest) -> Result<Vec<u8>> {
     }
 }
 
-fn select_platform(index: &Index, platform: &Platform) -> Result<Descriptor> {
+pub(crate) fn select_platform(index: &Index, platform: &Platform) -> Result<Descriptor> {
     let matches = |d: &&Descriptor| {
         let Some(p) = &d.platform else { return false };
         p.get("os").and_then(|v| v.as_str()) == Some(platform.os.as_str())
@@ -278,6 +278,8 @@ fn select_platform(index: &Index, platform: &Platform) -> Result<Descriptor> {
         .manifests
         .iter()
         .filter_map(|d| d.platform.as_ref())
+        // Attestation manifests carry `unknown/unknown`: not a choice.
+        .filter(|p| p.get("os").and_then(|v| v.as_str()) != Some("unknown"))
         .map(|p| {
             let s = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
             let v = s("variant");

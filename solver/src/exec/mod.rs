@@ -9,6 +9,7 @@ pub mod fsview;
 pub mod http;
 pub mod image;
 pub mod progress;
+pub mod pull;
 mod run;
 pub mod source;
 pub mod user;
@@ -487,9 +488,9 @@ impl Solver {
             OpKind::Scratch => Ok((Value::Fs(FsState::default()), None)),
             OpKind::Image(src) => {
                 let image = self.images.get(&src.reference).ok_or_else(|| {
-                    ExecError::User(format!(
-                        "image {} is not in the local store, and pulling from registries is not supported yet by this version of rbuild (give it with --build-context NAME=oci-layout://DIR)",
-                        src.reference
+                                        ExecError::User(format!(
+                        "image {} is not in the local store (pull it with `rbuild pull {}`, or give it with --build-context NAME=oci-layout://DIR)",
+                        src.reference, src.reference
                     ))
                 })?;
                 Ok((
