@@ -46,6 +46,14 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
     } else {
         None
     };
+    // A build keeps the collector away from what it uses until it ends.
+    let lease = match (&store, call) {
+        (Some(store), Call::Build) => Some(
+            rbuild_cache::gc::lease(store)
+                .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))?,
+        ),
+        _ => None,
+    };
     let input = read_input(args, store.as_deref())?;
     let source = &input.dockerfile;
     let dockerfile = rbuild_frontend::parse(source.text())
@@ -106,10 +114,10 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
             let (Some(store), Some(resolver)) = (store.clone(), resolver) else {
                 return Err(Failure::failed("the store is not open"));
             };
-            build(
+            let result = build(
                 args,
                 &checked,
-                store,
+                Arc::clone(&store),
                 input,
                 resolver,
                 lowered,
@@ -118,7 +126,12 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
                     plain,
                     remote: remote.as_ref(),
                 },
-            )
+            );
+            drop(lease);
+            if let Ok((_, true)) = &result {
+                crate::housekeeping::auto_gc(&store);
+            }
+            result.map(|(code, _)| code)
         }
     }
 }
@@ -139,7 +152,7 @@ fn build(
     mut resolver: LocalImages<'_>,
     lowered: Lowered,
     output: Output<'_>,
-) -> Result<ExitCode, Failure> {
+) -> Result<(ExitCode, bool), Failure> {
     let Output {
         quiet,
         plain,
@@ -210,6 +223,7 @@ fn build(
         plain,
         remote,
         push: args.push,
+        no_cache_filter: &args.no_cache_filter,
     };
     let result = crate::execute::run(plan, lowered.graph, &context_stats);
     // Checksums learnt during the build are kept even if it failed.
@@ -226,7 +240,7 @@ fn build(
     } else {
         eprintln!("built {}", result.image_id);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok((ExitCode::SUCCESS, result.wrote))
 }
 
 /// Reads `--secret` values (files or environment variables) into memory;
@@ -372,7 +386,6 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     note(!cache_to.is_empty(), "--cache-to");
 
     note(!ssh.is_empty(), "--ssh");
-    note(!args.no_cache_filter.is_empty(), "--no-cache-filter");
 
     let options = Options {
         build_args,
@@ -433,6 +446,12 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
 /// `--root`, else `$RBUILD_ROOT` (clap reads it), else the per-user default.
 pub fn store_root(cli: &Cli) -> Result<PathBuf, Failure> {
     if let Some(root) = &cli.root {
+        // Snapshot paths become mount sources, which must be absolute.
+        if root.is_relative() {
+            let cwd = std::env::current_dir()
+                .map_err(|e| Failure::failed(format!("cannot find the current directory: {e}")))?;
+            return Ok(cwd.join(root));
+        }
         return Ok(root.clone());
     }
     if running_as_root() {

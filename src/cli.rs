@@ -50,6 +50,40 @@ pub enum Command {
     Push(PushArgs),
     /// Pull an image from a registry into the store.
     Pull(PullArgs),
+    /// Show the store's disk usage by kind.
+    Du(DuArgs),
+    /// Remove build cache (tagged images stay).
+    Prune(PruneArgs),
+}
+
+/// `rbuild du` flags.
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    /// `json` for machine-readable output.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+/// `rbuild prune` flags (those of `docker buildx prune`).
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Also remove snapshots of tagged images, cache mounts and the context
+    /// checksum memo.
+    #[arg(short, long)]
+    pub all: bool,
+
+    /// Remove least recently used cache until the store uses at most SIZE
+    /// (e.g. `10GB`).
+    #[arg(long, value_name = "SIZE")]
+    pub keep_storage: Option<String>,
+
+    /// `until=DURATION`: only cache unused for at least DURATION (e.g. `24h`).
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    pub force: bool,
 }
 
 /// `rbuild push` flags.
@@ -246,4 +280,6 @@ pub enum Call {
 }
 
 /// Subcommand names, for telling `rbuild PATH` apart from `rbuild SUBCOMMAND`.
-pub const SUBCOMMANDS: &[&str] = &["build", "images", "rmi", "inspect", "push", "pull", "help"];
+pub const SUBCOMMANDS: &[&str] = &[
+    "build", "images", "rmi", "inspect", "push", "pull", "du", "prune", "help",
+];

@@ -1,15 +1,16 @@
 //! Running a lowered build: solve the graph, assemble the image, tag and
 //! export it, write the iid and metadata files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rbuild_cache::layer::Compression;
 use rbuild_cache::Store;
-use rbuild_solver::exec::progress::Progress;
-use rbuild_solver::exec::{NamedInput, SolveOptions, Solver, StoredImage};
-use rbuild_solver::graph::Graph;
+use rbuild_solver::exec::progress::{Event, Progress};
+use rbuild_solver::exec::{NamedInput, SolveOptions, Solved, Solver, StoredImage};
+use rbuild_solver::graph::{Graph, OpId};
 
 use crate::export::{self, MediaTypes};
 use crate::images::{normalize, stored_tag};
@@ -45,12 +46,16 @@ pub struct BuildPlan<'a> {
     pub remote: Option<&'a Remote>,
     /// `--push`: push every `-t` tag.
     pub push: bool,
+    /// `--no-cache-filter` stage names.
+    pub no_cache_filter: &'a [String],
 }
 
 /// What the build produced.
 pub struct BuildResult {
     /// The image ID (config digest).
     pub image_id: String,
+    /// Whether any step ran (rather than coming from the cache).
+    pub wrote: bool,
 }
 
 /// Runs the build and its exports.
@@ -60,6 +65,7 @@ pub fn run(
     context_stats: &dyn Fn() -> serde_json::Value,
 ) -> Result<BuildResult, Failure> {
     let graph = Arc::new(graph);
+    let no_cache_ops = no_cache_ops(&graph, plan.no_cache_filter, plan.progress.as_ref());
     let solver = Arc::new(
         Solver::new(
             Arc::clone(&plan.store),
@@ -69,7 +75,8 @@ pub fn run(
             Arc::clone(&plan.progress),
         )
         .with_secrets(plan.secrets)
-        .with_proxy_env(graph.proxy_env.clone()),
+        .with_proxy_env(graph.proxy_env.clone())
+        .with_no_cache_ops(no_cache_ops),
     );
     let target = graph.target;
     let root = graph.stages[target].root;
@@ -208,12 +215,75 @@ pub fn run(
             metadata.insert("image.name".into(), names.join(",").into());
         }
         metadata.insert("rbuild.context".into(), context_stats());
+        metadata.insert("rbuild.steps".into(), steps(&graph, &solved));
         let text =
             serde_json::to_string_pretty(&metadata).map_err(|e| Failure::failed(e.to_string()))?;
         std::fs::write(path, text)
             .map_err(|e| Failure::failed(format!("writing {}: {e}", path.display())))?;
     }
-    Ok(BuildResult { image_id })
+    let wrote = (0..graph.ops.len()).any(|op| {
+        solved.times.get(op).is_some_and(Option::is_some)
+            && !solved.cached.get(op).copied().unwrap_or(true)
+            && solved.added.get(op).is_some_and(Option::is_some)
+    });
+    Ok(BuildResult { image_id, wrote })
+}
+
+/// The ops of the stages `--no-cache-filter` names (by name or index).
+fn no_cache_ops(graph: &Graph, names: &[String], progress: &dyn Progress) -> BTreeSet<OpId> {
+    let mut ops = BTreeSet::new();
+    for name in names.iter().flat_map(|n| n.split(',')) {
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        let found = graph
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()) || s.index.to_string() == name);
+        match found {
+            Some(i) => ops.extend(graph.stage_ops(i)),
+            None => progress.event(Event::Warning {
+                message: format!("--no-cache-filter: the Dockerfile has no stage {name:?}"),
+            }),
+        }
+    }
+    ops
+}
+
+/// Every step the build showed, for `--metadata-file`: its name, whether
+/// it came from the cache, when it ran (Unix nanoseconds) and its cache key.
+fn steps(graph: &Graph, solved: &Solved) -> serde_json::Value {
+    let nanos = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    };
+    let mut steps: Vec<(u64, serde_json::Value)> = Vec::new();
+    for (op, o) in graph.ops.iter().enumerate() {
+        let Some((started, completed)) = solved.times.get(op).copied().flatten() else {
+            continue;
+        };
+        if o.meta.name.is_empty() {
+            continue;
+        }
+        let mut step = serde_json::json!({
+            "name": o.meta.name,
+            "cached": solved.cached.get(op).copied().unwrap_or(false),
+            "started": nanos(started),
+            "completed": nanos(completed),
+        });
+        if let Some(Some(key)) = solved.keys.get(op) {
+            step["key"] = key.clone().into();
+        }
+        if let Some(Some(layer)) = solved.added.get(op) {
+            step["layer"] = layer.digest.to_string().into();
+        }
+        steps.push((nanos(started), step));
+    }
+    steps.sort_by_key(|(t, _)| *t);
+    serde_json::Value::Array(steps.into_iter().map(|(_, s)| s).collect())
 }
 
 /// Pushes the built image to every name.

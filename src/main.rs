@@ -5,6 +5,7 @@ mod cli;
 mod diagnostic;
 mod execute;
 mod export;
+mod housekeeping;
 mod images;
 mod manage;
 mod options;
@@ -35,8 +36,14 @@ fn main() -> ExitCode {
     };
     // Builds run as root in a user namespace (rootless) or in a private
     // mount namespace (real root), entered while we are single-threaded.
-    if let Command::Build(args) = &cli.command {
-        if args.call == cli::Call::Build && !args.check {
+    let needs_namespace = match &cli.command {
+        Command::Build(args) => args.call == cli::Call::Build && !args.check,
+        // Snapshots hold files owned by the namespace's users.
+        Command::Prune(_) => true,
+        _ => false,
+    };
+    {
+        if needs_namespace {
             match rbuild_sandbox::enter_user_namespace() {
                 Ok(rbuild_sandbox::Namespace::ExitParent(code)) => {
                     return ExitCode::from(u8::try_from(code).unwrap_or(1));
@@ -63,6 +70,10 @@ fn main() -> ExitCode {
         }
         Command::Push(args) => manage::push(&cli, args),
         Command::Pull(args) => manage::pull(&cli, args),
+        Command::Du(args) => build::store_root(&cli).and_then(|root| housekeeping::du(&root, args)),
+        Command::Prune(args) => {
+            build::store_root(&cli).and_then(|root| housekeeping::prune(&root, args))
+        }
     };
     match result {
         Ok(code) => code,

@@ -174,6 +174,8 @@ pub fn pull(cli: &Cli, args: &PullArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| Failure::usage(e.to_string()))?
         .unwrap_or_else(Platform::host);
     let store = Arc::new(open(&store_root(cli)?)?);
+    let _lease = rbuild_cache::gc::lease(&store)
+        .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))?;
     let remote = Remote::new(
         Arc::clone(&store),
         &cli.insecure_registries,
@@ -193,6 +195,8 @@ pub fn pull(cli: &Cli, args: &PullArgs) -> Result<ExitCode, Failure> {
 /// `rbuild push NAME [DEST]`: sends a stored image to a registry.
 pub fn push(cli: &Cli, args: &PushArgs) -> Result<ExitCode, Failure> {
     let store = Arc::new(open(&store_root(cli)?)?);
+    let _lease = rbuild_cache::gc::lease(&store)
+        .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))?;
     let reference = normalize(&args.name)
         .ok_or_else(|| Failure::usage(format!("invalid image reference {:?}", args.name)))?;
     let dest = args.dest.as_deref().unwrap_or(&args.name);

@@ -172,6 +172,7 @@ impl Progress for Plain {
                     .unwrap_or(0);
                 line(&format!("#{n} {text}\n"));
             }
+            Event::Warning { message } => line(&format!("WARNING: {message}\n")),
         }
     }
 }

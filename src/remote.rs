@@ -217,9 +217,18 @@ impl Remote {
     ) -> Result<Pushed, String> {
         let digest = blob.digest.as_str();
         let err = |e: rbuild_registry::Error| e.to_string();
-        if self.registry.has_blob(target, digest).await.map_err(err)? {
-            log(format!("{digest} {} already exists", bytes(blob.size)));
-            return Ok(Pushed::Exists);
+        match self.registry.has_blob(target, digest).await {
+            Ok(true) => {
+                log(format!("{digest} {} already exists", bytes(blob.size)));
+                return Ok(Pushed::Exists);
+            }
+            Ok(false) => {}
+            Err(e @ rbuild_registry::Error::Unauthorized { .. }) => return Err(err(e)),
+            // A registry whose storage was damaged (say, killed while it
+            // wrote this blob) can fail the check for good; uploading the
+            // blob again repairs it, and a registry that is really down
+            // fails the upload with the same error.
+            Err(e) => log(format!("{digest} could not be checked ({e}): uploading it")),
         }
         let prefix = format!("{}/", target.registry);
         let name = target.name();

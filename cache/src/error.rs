@@ -33,6 +33,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The cache-key index could not be read or written.
+    #[error("cache index {0}")]
+    Index(String),
     /// A JSON document could not be written.
     #[error("JSON: {0}")]
     Json(serde_json::Error),

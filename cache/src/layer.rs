@@ -17,6 +17,7 @@ mod reader;
 mod snapshot;
 mod tar_writer;
 
+pub(crate) use apply::remove_tree;
 pub use apply::{apply_layer, ApplyOptions, ApplyStats, OverlayXattr, Whiteouts};
 pub use blob::{
     open_layer, recompress_layer, sniff_archive, write_layer, Compression, LayerDescriptor,

@@ -2,6 +2,8 @@
 //! written and applied as tar streams, and unpacked layer snapshots.
 
 pub mod error;
+pub mod gc;
+pub mod index;
 pub mod layer;
 pub mod store;
 

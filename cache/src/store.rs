@@ -209,6 +209,24 @@ impl Store {
         })
     }
 
+    /// Reads blob `digest` through and checks its content.
+    pub fn verify_blob(&self, digest: &Digest) -> Result<()> {
+        let mut reader = self.open_blob(digest)?;
+        io::copy(&mut reader, &mut io::sink())
+            .map_err(|e| Error::from_read(digest, &self.blob_path(digest), e))?;
+        Ok(())
+    }
+
+    /// Removes blob `digest` (damaged, or unreferenced): renamed away
+    /// first, so no reader ever opens a half-deleted file by its digest.
+    pub fn discard_blob(&self, digest: &Digest) {
+        let path = self.blob_path(digest);
+        let aside = self.temp_path("discard");
+        if fs::rename(&path, &aside).is_ok() {
+            let _ = fs::remove_file(&aside);
+        }
+    }
+
     /// Reads a whole (small) blob, verified.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let mut out = Vec::new();

@@ -280,6 +280,37 @@ impl Graph {
         }
         (0..self.ops.len()).filter(|&i| seen[i]).collect()
     }
+
+    /// The ops stage `index`'s own instructions produce: what its root
+    /// depends on, less its base image and the stages it reads from.
+    pub fn stage_ops(&self, index: usize) -> Vec<OpId> {
+        let Some(stage) = self.stages.get(index) else {
+            return Vec::new();
+        };
+        let mut ops: std::collections::BTreeSet<OpId> =
+            self.closure(stage.root).into_iter().collect();
+        for (i, other) in self.stages.iter().enumerate() {
+            if i != index && ops.contains(&other.root) && other.root != stage.root {
+                for op in self.closure(other.root) {
+                    ops.remove(&op);
+                }
+            }
+        }
+        if let Base::Stage { stage: base } = stage.base {
+            if let Some(b) = self.stages.get(base) {
+                for op in self.closure(b.root) {
+                    ops.remove(&op);
+                }
+            }
+        }
+        // The base image or scratch: the end of the chain of first inputs.
+        let mut base = stage.root;
+        while let Some(&first) = self.ops[base].inputs.first() {
+            base = first;
+        }
+        ops.remove(&base);
+        ops.into_iter().collect()
+    }
 }
 
 /// One op: what it does, what it reads, and its digest.

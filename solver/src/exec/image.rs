@@ -336,8 +336,18 @@ impl Solver {
     pub fn assemble(&self, graph: &Graph, solved: &Solved, stage: usize) -> Result<Built> {
         let st = &graph.stages[stage];
         let fs = solved.fs(st.root)?;
-        let created = rfc3339(self.options.epoch.unwrap_or(self.options.now));
-        let history = self.history(graph, solved, stage, &created)?;
+        let mut history = self.history(graph, solved, stage)?;
+        fill_history_times(&mut history);
+        // The image is as old as its newest history entry, so a rebuild
+        // that reused every step gives the same image.
+        let created = match self.options.epoch {
+            Some(epoch) => rfc3339(epoch),
+            None => history
+                .iter()
+                .rev()
+                .find_map(|h| h.created.clone())
+                .unwrap_or_else(|| rfc3339(self.options.now)),
+        };
         let config = OciImage {
             created: Some(created),
             author: st.author.clone(),
@@ -381,17 +391,11 @@ impl Solver {
 
     /// The history of stage `stage`: its base's, then its own entries, each
     /// marked empty unless its op added a layer.
-    fn history(
-        &self,
-        graph: &Graph,
-        solved: &Solved,
-        stage: usize,
-        created: &str,
-    ) -> Result<Vec<HistoryEntry>> {
+    fn history(&self, graph: &Graph, solved: &Solved, stage: usize) -> Result<Vec<HistoryEntry>> {
         let st = &graph.stages[stage];
         let mut out = match &st.base {
             Base::Scratch => Vec::new(),
-            Base::Stage { stage: parent } => self.history(graph, solved, *parent, created)?,
+            Base::Stage { stage: parent } => self.history(graph, solved, *parent)?,
             Base::Image { reference } => self
                 .image(reference)
                 .map(|i| i.config.history.clone())
@@ -405,8 +409,19 @@ impl Solver {
             let has_layer = h
                 .layer_op
                 .is_some_and(|op| solved.added.get(op).is_some_and(Option::is_some));
+            // A layer is as old as the step that made it (when it came
+            // from the cache, the build that first ran it); other entries
+            // get their times from their neighbours.
+            let created = match self.options.epoch {
+                Some(epoch) => Some(rfc3339(epoch)),
+                None if has_layer => h
+                    .layer_op
+                    .and_then(|op| solved.created.get(op).copied().flatten())
+                    .map(rfc3339),
+                None => None,
+            };
             out.push(HistoryEntry {
-                created: Some(created.to_string()),
+                created,
                 created_by: Some(h.created_by.clone()),
                 author: None,
                 comment: h.comment.clone(),
@@ -417,9 +432,66 @@ impl Solver {
     }
 }
 
+/// Gives entries without a time one as BuildKit does: before the first
+/// layer a build added, that layer's time; after it, the time of the
+/// layer before them.
+fn fill_history_times(history: &mut [HistoryEntry]) {
+    let mut created: Option<String> = None;
+    let mut untimed_seen = false;
+    for h in history.iter() {
+        if let Some(t) = &h.created {
+            created = Some(t.clone());
+            if untimed_seen {
+                break;
+            }
+        } else {
+            untimed_seen = true;
+        }
+    }
+    let mut untimed_seen = false;
+    for h in history.iter_mut() {
+        match &h.created {
+            Some(t) => {
+                if untimed_seen {
+                    created = Some(t.clone());
+                }
+            }
+            None => {
+                untimed_seen = true;
+                h.created = created.clone();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(t: Option<&str>) -> HistoryEntry {
+        HistoryEntry {
+            created: t.map(str::to_string),
+            created_by: None,
+            author: None,
+            comment: None,
+            empty_layer: t.is_none(),
+        }
+    }
+
+    #[test]
+    fn untimed_history_entries_take_their_neighbours_times() {
+        let mut h = vec![
+            entry(Some("base")),
+            entry(None),
+            entry(Some("l1")),
+            entry(None),
+            entry(Some("l2")),
+            entry(None),
+        ];
+        fill_history_times(&mut h);
+        let times: Vec<_> = h.iter().map(|e| e.created.as_deref().unwrap()).collect();
+        assert_eq!(times, ["base", "l1", "l1", "l1", "l2", "l2"]);
+    }
 
     #[test]
     fn rfc3339_dates() {

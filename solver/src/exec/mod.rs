@@ -14,12 +14,13 @@ mod run;
 pub mod source;
 pub mod user;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use sha2::Digest as _;
 
+use rbuild_cache::index::{self, CacheIndex, FileStamp, Lookup};
 use rbuild_cache::layer::{self, LayerDescriptor};
 use rbuild_cache::Store;
 
@@ -80,6 +81,11 @@ pub struct Solved {
     pub keys: Vec<Option<String>>,
     /// Whether each op's result came from the cache.
     pub cached: Vec<bool>,
+    /// When each op started and finished.
+    pub times: Vec<Option<(SystemTime, SystemTime)>>,
+    /// When each op's result was first made (seconds since the epoch): by
+    /// this build, or by the one whose cache entry it reused.
+    pub created: Vec<Option<i64>>,
 }
 
 impl Solved {
@@ -114,6 +120,8 @@ struct Outcome {
     added: Option<LayerDescriptor>,
     key: String,
     cached: bool,
+    times: (SystemTime, SystemTime),
+    created: i64,
 }
 
 /// Runs graphs against a store.
@@ -131,6 +139,12 @@ pub struct Solver {
     cancel: rbuild_sandbox::Cancel,
     /// Running inside a user namespace: overlays need `userxattr`.
     rootless: bool,
+    /// The cache-key index.
+    index: CacheIndex,
+    /// Keys this build reused, stamped as used when the solve ends.
+    hits: Mutex<Vec<String>>,
+    /// Ops `--no-cache-filter` names: run again even when cached.
+    no_cache_ops: BTreeSet<OpId>,
 }
 
 impl Solver {
@@ -144,6 +158,9 @@ impl Solver {
         progress: Arc<dyn Progress>,
     ) -> Self {
         Solver {
+            index: CacheIndex::new(&store),
+            hits: Mutex::default(),
+            no_cache_ops: BTreeSet::new(),
             store,
             contexts,
             images,
@@ -165,6 +182,13 @@ impl Solver {
     /// Proxy environment added to every RUN (from proxy build args).
     pub fn with_proxy_env(mut self, env: Vec<String>) -> Self {
         self.proxy_env = env;
+        self
+    }
+
+    /// Ops to run again even when the cache has them (`--no-cache-filter`);
+    /// what depends on them runs again too.
+    pub fn with_no_cache_ops(mut self, ops: BTreeSet<OpId>) -> Self {
+        self.no_cache_ops = ops;
         self
     }
 
@@ -198,7 +222,15 @@ impl Solver {
             .map_err(ExecError::Io)?;
         let this = Arc::clone(self);
         let graph = Arc::clone(graph);
-        runtime.block_on(async move { this.schedule(graph, needed).await })
+        let result = runtime.block_on(async move { this.schedule(graph, needed).await });
+        // Reused entries count as used even when the build failed later.
+        let hits = self.hits.lock().map(|h| h.clone()).unwrap_or_default();
+        if let Err(e) = self.index.touch(&hits, self.options.now) {
+            self.progress.event(Event::Warning {
+                message: format!("could not record cache use: {e}"),
+            });
+        }
+        result
     }
 
     async fn schedule(self: Arc<Self>, graph: Arc<Graph>, needed: Vec<OpId>) -> Result<Solved> {
@@ -208,7 +240,12 @@ impl Solver {
             added: vec![None; n],
             keys: vec![None; n],
             cached: vec![false; n],
+            times: vec![None; n],
+            created: vec![None; n],
         };
+        // Ops that must not come from the cache: those named by
+        // --no-cache-filter and everything built on them.
+        let mut forced = vec![false; n];
         let mut waiting: BTreeMap<OpId, usize> = BTreeMap::new();
         let mut dependents: Vec<Vec<OpId>> = vec![Vec::new(); n];
         for &op in &needed {
@@ -244,14 +281,18 @@ impl Solver {
                     .iter()
                     .map(|&i| solved.keys[i].clone().unwrap_or_default())
                     .collect();
+                forced[op] = self.no_cache_ops.contains(&op)
+                    || graph.ops[op].inputs.iter().any(|&i| forced[i]);
+                let ignore_cache = forced[op];
                 let this = Arc::clone(&self);
                 let graph = Arc::clone(&graph);
                 let permit = Arc::clone(&semaphore);
                 running.spawn(async move {
                     let _permit = permit.acquire_owned().await;
-                    let result =
-                        tokio::task::spawn_blocking(move || this.run_op(&graph, op, inputs, keys))
-                            .await;
+                    let result = tokio::task::spawn_blocking(move || {
+                        this.run_op(&graph, op, inputs, keys, ignore_cache)
+                    })
+                    .await;
                     (op, result)
                 });
             }
@@ -274,6 +315,8 @@ impl Solver {
                 added,
                 key,
                 cached,
+                times,
+                created,
             } = match result {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
@@ -292,6 +335,8 @@ impl Solver {
             solved.added[op] = added;
             solved.keys[op] = Some(key);
             solved.cached[op] = cached;
+            solved.times[op] = Some(times);
+            solved.created[op] = Some(created);
             done += 1;
             for &d in &dependents[op] {
                 if let Some(w) = waiting.get_mut(&d) {
@@ -311,17 +356,24 @@ impl Solver {
         op: OpId,
         inputs: Vec<Value>,
         input_keys: Vec<String>,
+        ignore_cache: bool,
     ) -> Result<Outcome> {
         let o = &graph.ops[op];
         let shown = !o.meta.name.is_empty();
         let started = Instant::now();
+        let started_at = SystemTime::now();
         if shown {
             self.progress.event(Event::Started {
                 op,
                 name: o.meta.name.clone(),
             });
         }
-        let result = self.run_cached(op, &o.kind, o.digest.as_str(), &inputs, &input_keys);
+        let result = self
+            .run_cached(op, o, &inputs, &input_keys, ignore_cache)
+            .map(|mut outcome| {
+                outcome.times = (started_at, SystemTime::now());
+                outcome
+            });
         if shown {
             match &result {
                 Ok(outcome) => self.progress.event(Event::Done {
@@ -351,11 +403,13 @@ impl Solver {
     fn run_cached(
         &self,
         op: OpId,
-        kind: &OpKind,
-        digest: &str,
+        o: &crate::graph::Op,
         inputs: &[Value],
         input_keys: &[String],
+        ignore_cache: bool,
     ) -> Result<Outcome> {
+        let kind = &o.kind;
+        let digest = o.digest.as_str();
         let mut h = sha2::Sha256::new();
         let mut put = |b: &[u8]| {
             h.update((b.len() as u64).to_be_bytes());
@@ -396,59 +450,59 @@ impl Solver {
             }
         }
         let key = format!("sha256:{}", hex::encode(h.finalize()));
-        if cacheable && !self.options.no_cache {
-            if let Some(added) = self.cache_lookup(&key) {
-                let mut layers = match inputs.first() {
-                    Some(Value::Fs(fs)) => fs.layers.clone(),
-                    _ => Vec::new(),
-                };
-                layers.extend(added.clone());
-                return Ok(Outcome {
-                    value: Value::Fs(FsState { layers }),
-                    added,
-                    key,
-                    cached: true,
-                });
+        let now = SystemTime::now();
+        if cacheable && !self.options.no_cache && !ignore_cache {
+            match self.index.lookup(&self.store, &key)? {
+                Lookup::Hit {
+                    layer: added,
+                    created,
+                } => {
+                    if let Ok(mut hits) = self.hits.lock() {
+                        hits.push(key.clone());
+                    }
+                    let mut layers = match inputs.first() {
+                        Some(Value::Fs(fs)) => fs.layers.clone(),
+                        _ => Vec::new(),
+                    };
+                    layers.extend(added.clone());
+                    return Ok(Outcome {
+                        value: Value::Fs(FsState { layers }),
+                        added,
+                        key,
+                        cached: true,
+                        times: (now, now),
+                        created,
+                    });
+                }
+                Lookup::Broken(why) => self.progress.event(Event::Log {
+                    op,
+                    line: format!("cache entry unusable ({why}): running the step again"),
+                }),
+                Lookup::Miss => {}
             }
         }
         let (value, added) = self.execute(op, kind, inputs)?;
         if cacheable {
-            self.cache_record(&key, added.as_ref())?;
+            let now = self.options.now;
+            let entry = index::Entry {
+                stamp: added
+                    .as_ref()
+                    .and_then(|l| FileStamp::of(&self.store.blob_path(&l.digest))),
+                layer: added.clone(),
+                created: now,
+                last_used: now,
+                description: o.meta.name.clone(),
+            };
+            self.index.put(&key, &entry)?;
         }
         Ok(Outcome {
             value,
             added,
             key,
             cached: false,
+            times: (now, now),
+            created: self.options.now,
         })
-    }
-
-    fn cache_path(&self, key: &str) -> std::path::PathBuf {
-        self.store
-            .root()
-            .join("cache")
-            .join(key.trim_start_matches("sha256:"))
-    }
-
-    /// A cached file-op result: `Some(None)` means "added no layer".
-    fn cache_lookup(&self, key: &str) -> Option<Option<LayerDescriptor>> {
-        let bytes = std::fs::read(self.cache_path(key)).ok()?;
-        let layer: Option<LayerDescriptor> = serde_json::from_slice(&bytes).ok()?;
-        match &layer {
-            // A missing blob behind an entry is a miss, never a broken image.
-            Some(l) if !self.store.has_blob(&l.digest) => None,
-            _ => Some(layer),
-        }
-    }
-
-    fn cache_record(&self, key: &str, layer: Option<&LayerDescriptor>) -> Result<()> {
-        let path = self.cache_path(key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(ExecError::Io)?;
-        }
-        let bytes = serde_json::to_vec(&layer).map_err(|e| ExecError::Internal(e.to_string()))?;
-        self.store.write_file_atomic(&path, &bytes)?;
-        Ok(())
     }
 
     /// The inputs of a file op as COPY sources.

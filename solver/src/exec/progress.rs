@@ -37,6 +37,11 @@ pub enum Event {
         /// The line, without its newline.
         line: String,
     },
+    /// Something the user should know that does not fail the build.
+    Warning {
+        /// The message.
+        message: String,
+    },
 }
 
 /// Receives progress events, from any thread.
