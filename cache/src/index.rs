@@ -2,10 +2,10 @@
 //! running the op produced (the layer it added, if any), with the times the
 //! entry was made and last used.
 //!
-//! rbuild has no daemon, so several processes share the file. redb lets one
-//! process have a database open at a time; every call here opens it, runs
-//! one short transaction and closes it, waiting while another process has
-//! it open. A build therefore never holds the index while a step runs.
+//! rbuild has no daemon, so several processes share the file: it is opened
+//! in redb's multi-writer mode, where every process keeps its handle and
+//! write transactions take turns. One handle per process serves every
+//! lookup of a build (opening and closing redb costs fsyncs).
 //!
 //! An entry is only a pointer: the blob behind it can be deleted or damaged
 //! after the entry was written. [`CacheIndex::lookup`] checks the blob's
@@ -14,9 +14,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -95,9 +96,18 @@ pub enum Lookup {
 }
 
 /// The index file of a store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CacheIndex {
     path: PathBuf,
+    db: Arc<Mutex<Option<Arc<Database>>>>,
+}
+
+impl std::fmt::Debug for CacheIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheIndex")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 fn index_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -109,6 +119,7 @@ impl CacheIndex {
     pub fn new(store: &Store) -> CacheIndex {
         CacheIndex {
             path: store.root().join("cache.redb"),
+            db: Arc::default(),
         }
     }
 
@@ -121,12 +132,28 @@ impl CacheIndex {
     /// file that is not a readable index (say, truncated by a full disk) is
     /// replaced by an empty one: the index is a cache, and losing it only
     /// costs rebuilds.
-    fn open(&self) -> Result<Database> {
+    fn open(&self) -> Result<Arc<Database>> {
+        let mut slot = self
+            .db
+            .lock()
+            .map_err(|_| Error::Index("the index handle was poisoned".into()))?;
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let db = Arc::new(self.open_file()?);
+        *slot = Some(Arc::clone(&db));
+        Ok(db)
+    }
+
+    fn open_file(&self) -> Result<Database> {
         let deadline = Instant::now() + WAIT_FOR_OTHERS;
         let mut pause = Duration::from_millis(1);
         let mut recreated = false;
         loop {
-            match Database::create(&self.path) {
+            let opened = Database::builder()
+                .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+                .create(&self.path);
+            match opened {
                 Ok(db) => return Ok(db),
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                     if Instant::now() >= deadline {
@@ -200,10 +227,13 @@ impl CacheIndex {
         let now = FileStamp::of(&path);
         let problem = match now {
             None => Some(format!("its layer blob {} is missing", layer.digest)),
-            Some(s) if s.size != layer.size => Some(format!(
-                "its layer blob {} has {} bytes, not {}",
-                layer.digest, s.size, layer.size
-            )),
+            Some(s) if s.size != layer.size => {
+                store.discard_blob(&layer.digest);
+                Some(format!(
+                    "its layer blob {} has {} bytes, not {}",
+                    layer.digest, s.size, layer.size
+                ))
+            }
             Some(s) if Some(s) == entry.stamp => None,
             Some(_) => match store.verify_blob(&layer.digest) {
                 Ok(()) => {

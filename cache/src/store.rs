@@ -175,7 +175,7 @@ impl Store {
     /// Writes `bytes` as a blob and returns its digest and size.
     pub fn write_blob(&self, bytes: &[u8]) -> Result<(Digest, u64)> {
         let digest = Digest::sha256(bytes);
-        if self.has_blob(&digest) {
+        if fs::metadata(self.blob_path(&digest)).is_ok_and(|m| m.len() == bytes.len() as u64) {
             return Ok((digest, bytes.len() as u64));
         }
         let mut w = self.blob_writer()?;
@@ -276,6 +276,15 @@ impl Store {
 
     /// Points tag `name` (e.g. `app:1`) at `manifest`, replacing any old target.
     pub fn tag(&self, name: &str, manifest: &Descriptor) -> Result<()> {
+        // Re-tagging what a tag already names writes nothing (a no-change
+        // rebuild should not rewrite index.json).
+        if let Some(current) = self.resolve_tag(name)? {
+            let mut d = manifest.clone();
+            d.annotations.insert(REF_NAME.into(), name.into());
+            if current == d {
+                return Ok(());
+            }
+        }
         self.update_index(|index| {
             index
                 .manifests
@@ -383,7 +392,8 @@ impl BlobWriter<'_> {
         file.sync_all().map_err(|e| Error::io(&self.path, e))?;
         let digest = Digest::from_sha256(std::mem::take(&mut self.hasher));
         let dest = self.store.blob_path(&digest);
-        if dest.exists() {
+        // A blob already there of another size is damaged: ours replaces it.
+        if fs::metadata(&dest).is_ok_and(|m| m.len() == self.size) {
             let _ = fs::remove_file(&self.path);
         } else {
             fs::rename(&self.path, &dest).map_err(|e| Error::io(&dest, e))?;

@@ -250,6 +250,13 @@ impl ChecksumMemo {
     fn try_open(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
         let db = Database::create(path)?;
         let check = || -> std::result::Result<(), redb::Error> {
+            // Reading costs no fsync; only a new file needs its tables made.
+            {
+                let tx = db.begin_read()?;
+                if tx.open_table(MEMO).is_ok() && tx.open_table(META).is_ok() {
+                    return Ok(());
+                }
+            }
             let tx = db.begin_write()?;
             {
                 tx.open_table(MEMO)?;
