@@ -149,7 +149,9 @@ pub fn prune(root: &std::path::Path, args: &PruneArgs) -> Result<ExitCode, Failu
             }
         }
     }
-    if !args.force && std::io::stdin().is_terminal() {
+    // As buildx: without --force, ask, and take anything but yes (or the
+    // end of a non-interactive stdin) as no.
+    if !args.force {
         let what = if args.all {
             "all build cache (tagged images stay)"
         } else {
@@ -159,6 +161,9 @@ pub fn prune(root: &std::path::Path, args: &PruneArgs) -> Result<ExitCode, Failu
         let mut answer = String::new();
         let _ = std::io::stdin().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            if !std::io::stdin().is_terminal() {
+                eprintln!("not pruning: give --force (-f) to prune without asking");
+            }
             return Ok(ExitCode::SUCCESS);
         }
     }
