@@ -1440,15 +1440,16 @@ fn prune_until_and_keep_storage_go_by_last_use() {
         p.show()
     );
 
-    // --keep-storage: least recently used first. x is used after y, and
-    // the limit needs one 16 MB layer gone (8 MB beyond whatever has no
-    // entry at all): y's.
+    // --keep-storage: least recently used first. x is used after y. Each
+    // build's cache is its 16 MB layer blob plus that layer's 16 MB
+    // snapshot: 48 MB holds one build's (and the index files), not two.
     std::thread::sleep(Duration::from_millis(1100));
     go(&x).assert_all_cached("x once more");
-    let du = fx.du();
-    let total = du["total"].as_u64().unwrap();
-    let loose = du_size(&du, "unreferenced") + du_size(&du, "snapshots");
-    let limit = total - loose - (8 << 20);
+    assert!(
+        du_size(&fx.du(), "snapshots") >= 2 * MB16,
+        "both 16 MB layers have their snapshots"
+    );
+    let limit: u64 = 3 * MB16;
     let out = fx.prune(&["-f", "--keep-storage", &limit.to_string()]);
     assert!(!out.contains("Deleted 0 cache entries"), "{out}");
     let after = fx.du()["total"].as_u64().unwrap();

@@ -25,6 +25,9 @@ use crate::layer::LayerDescriptor;
 use crate::store::Store;
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// Blob digest → the [`FileStamp`] its file had when its content was last
+/// verified.
+const VERIFIED: TableDefinition<&str, &[u8]> = TableDefinition::new("verified");
 
 /// How long a call waits for another process to close the index.
 const WAIT_FOR_OTHERS: Duration = Duration::from_secs(120);
@@ -257,6 +260,51 @@ impl CacheIndex {
                 Ok(Lookup::Broken(why))
             }
         }
+    }
+
+    /// Remembers that blob `digest`'s content is right as its file is now.
+    pub fn record_verified(&self, store: &Store, digest: &crate::Digest) -> Result<()> {
+        let Some(stamp) = FileStamp::of(&store.blob_path(digest)) else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(&stamp).map_err(Error::json)?;
+        let db = self.open()?;
+        let tx = db.begin_write().map_err(|e| index_err(&self.path, e))?;
+        {
+            let mut table = tx
+                .open_table(VERIFIED)
+                .map_err(|e| index_err(&self.path, e))?;
+            table
+                .insert(digest.as_str(), bytes.as_slice())
+                .map_err(|e| index_err(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| index_err(&self.path, e))
+    }
+
+    /// Checks blob `digest` before an image that names it is tagged: cheap
+    /// when its file is as it was when last verified, hashed otherwise.
+    pub fn check_blob(&self, store: &Store, digest: &crate::Digest) -> Result<()> {
+        let path = store.blob_path(digest);
+        let Some(now) = FileStamp::of(&path) else {
+            return Err(Error::MissingBlob(digest.clone()));
+        };
+        let known = {
+            let db = self.open()?;
+            let tx = db.begin_read().map_err(|e| index_err(&self.path, e))?;
+            match tx.open_table(VERIFIED) {
+                Ok(table) => table
+                    .get(digest.as_str())
+                    .map_err(|e| index_err(&self.path, e))?
+                    .and_then(|v| serde_json::from_slice::<FileStamp>(v.value()).ok()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(index_err(&self.path, e)),
+            }
+        };
+        if known == Some(now) {
+            return Ok(());
+        }
+        store.verify_blob(digest)?;
+        self.record_verified(store, digest)
     }
 
     /// Stores `entry` under `key`.

@@ -336,6 +336,11 @@ impl Solver {
     pub fn assemble(&self, graph: &Graph, solved: &Solved, stage: usize) -> Result<Built> {
         let st = &graph.stages[stage];
         let fs = solved.fs(st.root)?;
+        // Never tag an image whose layers do not verify (a damaged base
+        // layer is otherwise only noticed when something unpacks it).
+        for l in &fs.layers {
+            self.index().check_blob(self.store(), &l.digest)?;
+        }
         let mut history = self.history(graph, solved, stage)?;
         fill_history_times(&mut history);
         // The image is as old as its newest history entry, so a rebuild

@@ -197,6 +197,11 @@ impl Solver {
         self.cancel.clone()
     }
 
+    /// The cache-key index.
+    pub fn index(&self) -> &CacheIndex {
+        &self.index
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -494,6 +499,10 @@ impl Solver {
                 description: o.meta.name.clone(),
             };
             self.index.put(&key, &entry)?;
+            if let Some(l) = &added {
+                // Just written and hashed: known good as its file is now.
+                self.index.record_verified(&self.store, &l.digest)?;
+            }
         }
         Ok(Outcome {
             value,
