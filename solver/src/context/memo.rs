@@ -10,8 +10,9 @@
 //!   whole second on some filesystems), so a file rewritten with the same
 //!   size within that granularity right after being hashed could otherwise
 //!   keep its key with new content: git's "racily clean" problem.
-//! - The memo is a cache: any database trouble degrades to hashing. A
-//!   database locked by another rbuild process means running without a memo
+//! - The memo is a cache: any database trouble degrades to hashing. Builds
+//!   on the same store share it (redb's multi-writer mode); a database
+//!   another program holds exclusively means running without a memo
 //!   ([`MemoStatus::Unavailable`], counted in `memo_unavailable`); a corrupt
 //!   or foreign file is deleted and recreated ([`MemoStatus::Recreated`]).
 //!
@@ -33,7 +34,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use sha2::{Digest as _, Sha256};
 
 use super::{Entry, Error, Result};
@@ -248,7 +252,11 @@ impl ChecksumMemo {
 
     /// Opens the database and checks its tables are readable as ours.
     fn try_open(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
-        let db = Database::create(path)?;
+        // Several builds may share a store: multi-writer mode lets each
+        // keep the memo open, taking turns to write.
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)?;
         let check = || -> std::result::Result<(), redb::Error> {
             // Reading costs no fsync; only a new file needs its tables made.
             {
