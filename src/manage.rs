@@ -104,6 +104,9 @@ fn find_tag(store: &Store, name: &str) -> Result<Option<String>, Failure> {
 /// Removes tags. Blobs stay until pruned (they are the build cache too).
 pub fn rmi(root: &std::path::Path, names: &[String]) -> Result<ExitCode, Failure> {
     let store = open(root)?;
+    // index.json is rewritten through tmp/, which a prune sweeps.
+    let _lease = rbuild_cache::gc::lease(&store)
+        .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))?;
     let mut missing = Vec::new();
     for name in names {
         match find_tag(&store, name)? {
