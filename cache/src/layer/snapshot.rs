@@ -54,6 +54,39 @@ pub struct SnapshotInfo {
     pub skipped: u64,
     /// Warnings from unpacking.
     pub warnings: Vec<String>,
+    /// The boot it was written in, when it was not flushed to disk: after
+    /// a crash of the machine its files may be torn, so another boot
+    /// unpacks it again. (A killed process loses nothing the kernel has.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsynced_boot: Option<String>,
+}
+
+/// This boot's id, if the kernel says.
+fn boot_id() -> Option<&'static str> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .as_deref()
+}
+
+/// Writes a snapshot's marker. Flushing a whole unpacked layer to disk
+/// (syncfs) would make every step wait for the disk; instead the marker
+/// records the boot, and a snapshot from an earlier boot that was never
+/// flushed counts as absent. Without a boot id, it is flushed.
+fn write_marker(dir: &Path, mut info: SnapshotInfo) -> Result<()> {
+    info.unsynced_boot = boot_id().map(str::to_string);
+    let marker = dir.join(SNAPSHOT_MARKER);
+    let bytes = serde_json::to_vec_pretty(&info).map_err(Error::json)?;
+    let mut f = File::create(&marker).map_err(|e| Error::io(&marker, e))?;
+    f.write_all(&bytes).map_err(|e| Error::io(&marker, e))?;
+    if info.unsynced_boot.is_none() {
+        rustix::fs::syncfs(&f).map_err(|e| Error::io(&marker, e.into()))?;
+    }
+    Ok(())
 }
 
 /// Where the snapshot of the layer with `diff_id` lives (its `fs` is the
@@ -69,7 +102,11 @@ pub fn snapshot_info(store: &Store, diff_id: &Digest) -> Option<SnapshotInfo> {
         return None;
     }
     let bytes = fs::read(dir.join(SNAPSHOT_MARKER)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let info: SnapshotInfo = serde_json::from_slice(&bytes).ok()?;
+    match &info.unsynced_boot {
+        Some(boot) if Some(boot.as_str()) != boot_id() => None,
+        _ => Some(info),
+    }
 }
 
 /// Unpacks a stored layer into `ROOT/snapshots/<diffid-hex>/fs` once and
@@ -247,13 +284,10 @@ pub(crate) fn publish_unpacked(store: &Store, layer: &LayerDescriptor, u: Unpack
         skipped: u.stats.skipped,
         warnings: u.stats.warnings,
         implicit_dirs: u.stats.implicit_dirs,
+        unsynced_boot: None,
     };
     let result = (|| -> Result<()> {
-        let marker = u.tmp.join(SNAPSHOT_MARKER);
-        let bytes = serde_json::to_vec_pretty(&info).map_err(Error::json)?;
-        let mut f = File::create(&marker).map_err(|e| Error::io(&marker, e))?;
-        f.write_all(&bytes).map_err(|e| Error::io(&marker, e))?;
-        rustix::fs::syncfs(&f).map_err(|e| Error::io(&marker, e.into()))?;
+        write_marker(&u.tmp, info)?;
         let snaps = store.root().join("snapshots");
         let hex = layer.diff_id.hex();
         let lock_path = snaps.join(format!(".lock-{hex}"));
@@ -291,7 +325,7 @@ pub(crate) fn publish_unpacked(store: &Store, layer: &LayerDescriptor, u: Unpack
 }
 
 /// Unpacks and verifies the layer into `tmp/fs`, writes the marker, and
-/// flushes the filesystem so a published snapshot survives a crash.
+/// records the boot (see [`write_marker`]).
 fn unpack_into(store: &Store, layer: &LayerDescriptor, tmp: &Path) -> Result<()> {
     let fs_dir = tmp.join("fs");
     fs::create_dir_all(&fs_dir).map_err(|e| Error::io(&fs_dir, e))?;
@@ -325,15 +359,9 @@ fn unpack_into(store: &Store, layer: &LayerDescriptor, tmp: &Path) -> Result<()>
         skipped: stats.skipped,
         warnings: stats.warnings,
         implicit_dirs: stats.implicit_dirs,
+        unsynced_boot: None,
     };
-    let marker = tmp.join(SNAPSHOT_MARKER);
-    let bytes = serde_json::to_vec_pretty(&info).map_err(Error::json)?;
-    let mut f = File::create(&marker).map_err(|e| Error::io(&marker, e))?;
-    f.write_all(&bytes).map_err(|e| Error::io(&marker, e))?;
-    // One syncfs flushes every file of the unpack, far cheaper than an
-    // fsync per file.
-    rustix::fs::syncfs(&f).map_err(|e| Error::io(&marker, e.into()))?;
-    Ok(())
+    write_marker(tmp, info)
 }
 
 /// Hashes what passes through (the decompressed tar: its diffID).
@@ -347,5 +375,41 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unflushed_snapshot_from_another_boot_is_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let diff_id = Digest::sha256(b"layer");
+        let snap = snapshot_dir(&store, &diff_id);
+        fs::create_dir_all(snap.join("fs")).unwrap();
+        let mut info = SnapshotInfo {
+            diff_id: diff_id.clone(),
+            digest: diff_id.clone(),
+            overlay_xattrs: "trusted".into(),
+            entries: 0,
+            bytes: 0,
+            implicit_dirs: Vec::new(),
+            skipped: 0,
+            warnings: Vec::new(),
+            unsynced_boot: None,
+        };
+        write_marker(&snap, info.clone()).unwrap();
+        assert!(snapshot_info(&store, &diff_id).is_some());
+        if boot_id().is_some() {
+            info.unsynced_boot = Some("an-earlier-boot".into());
+            fs::write(
+                snap.join(SNAPSHOT_MARKER),
+                serde_json::to_vec(&info).unwrap(),
+            )
+            .unwrap();
+            assert!(snapshot_info(&store, &diff_id).is_none());
+        }
     }
 }
