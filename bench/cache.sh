@@ -13,7 +13,7 @@
 # time); the table shows median wall time, builder ratios and peak memory. The table
 # goes to stdout, progress to stderr.
 #
-#   bench/cache.sh                                   (root; ~5 GiB free in /var/tmp)
+#   bench/cache.sh        (root; ~12 GiB free in WORK_PARENT for the context project, else it is skipped)
 #   RUNS=1 PROJECTS="parallel long" BUILDERS="rbuild buildah" bench/cache.sh
 #
 # Projects (generated into a temp dir, same content every time):
@@ -38,6 +38,9 @@
 #   BUILDAH_DRIVER=overlay       buildah's storage driver; BUILDAH_ARGS="--jobs 2" adds flags
 #   WORK_PARENT=/var/tmp         where the temp dir (projects, stores) goes
 #
+# Every timed build starts after an (untimed) `sync`, so no builder pays for the disk
+# writeback of the build before it.
+#
 # Memory: rbuild and buildah: max RSS of the builder and every process it waited for
 # (`/usr/bin/time -f %M`, so RUN processes count). BuildKit: dockerd's peak RSS during the
 # build (its VmHWM, reset with `echo 5 > /proc/PID/clear_refs` before each build; dockerd
@@ -53,7 +56,7 @@ runs=${RUNS:-3}
 projects=${PROJECTS:-context parallel debian long}
 builders=${BUILDERS:-rbuild buildah buildkit}
 registry=${REGISTRY:-127.0.0.1:5000}
-peers_setup=${PEERS_SETUP-$repo/../shared/tools/peers-setup.sh}
+peers_setup=${PEERS_SETUP-$(realpath -m "$repo/../shared/tools/peers-setup.sh")}
 docker=${DOCKER:-/usr/bin/docker}
 driver=${BUILDAH_DRIVER:-overlay}
 read -r -a buildah_extra <<< "${BUILDAH_ARGS:-}"
@@ -136,6 +139,8 @@ for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
     if [[ -n ${!v:-} ]]; then build_args+=(--build-arg "$v=${!v}"); fi
 done
 
+started=$(now)
+
 # --- work dir and cleanup ------------------------------------------------------------
 mkdir -p "${WORK_PARENT:-/var/tmp}"
 work=$(mktemp -d "${WORK_PARENT:-/var/tmp}/rbuild-bench-cache.XXXXXX")
@@ -149,18 +154,25 @@ wipe_buildah() {
     { grep -o " $work/bh-r[^ ]*" /proc/mounts 2>/dev/null || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$work/bh-root" "$work/bh-runroot"
 }
-docker_tags=()
+# Every image BuildKit made (each rebuild leaves the previous one dangling, and
+# `builder prune` does not remove images): removed at each cold start and at exit.
+wipe_docker() {
+    local ids=()
+    [[ -s $work/docker-images ]] && mapfile -t ids < <(sort -u "$work/docker-images")
+    if ((${#ids[@]})); then "$docker" rmi -f "${ids[@]}" >/dev/null 2>&1 || true; fi
+    : > "$work/docker-images"
+}
 cleanup() {
     local rc=$?
     set +e
     log "cleaning up $work ..."
     wipe_buildah
-    if ((${#docker_tags[@]})) && dockerd_up; then
-        "$docker" rmi -f "${docker_tags[@]}" >/dev/null 2>&1
+    if [[ -s $work/docker-images ]] && dockerd_up; then
+        wipe_docker
         "$docker" builder prune -af >/dev/null 2>&1
     fi
     rm -rf "$work"
-    log "the peers (registry, dockerd) are left running; stop them with: bash $peers_setup down"
+    log "the peers (registry, dockerd) are left running; stop them with: bash ${peers_setup:-/work/shared/tools/peers-setup.sh} down"
     exit $rc
 }
 trap cleanup EXIT
@@ -293,7 +305,7 @@ gen_long() {
             kind=${kinds[$(( (i - 2) % 10 ))]}
             case $kind in
                 RUN) echo "RUN mkdir -p /steps && echo step $i > /steps/s$i && ls /steps | wc -l > /steps/count" ;;
-                COPY) echo "COPY files/f$i.txt /opt/files/"
+                COPY) echo "COPY files/f$(printf %02d "$i").txt /opt/files/"
                       if (( i <= 30 )); then copy_near=$i; fi ;;
                 ENV) echo "ENV STEP_$i=value$i" ;;
                 LABEL) echo "LABEL bench.step$i=\"$i\"" ;;
@@ -335,7 +347,7 @@ prepare_cold() { # prepare_cold BUILDER PROJECT: empty the builder's cache/store
         rbuild) rm -rf "$work/rb-store" ;;
         buildah) wipe_buildah ;;
         buildkit)
-            "$docker" rmi -f "$tag_prefix-$2:latest" >/dev/null 2>&1 || true
+            wipe_docker
             "$docker" builder prune -af >/dev/null 2>&1 || log "warning: docker builder prune -af failed"
             ;;
     esac
@@ -359,6 +371,10 @@ run_build() {
                   [[ -n $dpid ]] && { echo 5 > "/proc/$dpid/clear_refs"; } 2>/dev/null || dpid='' ;;
     esac
     cmd+=("${build_args[@]}" -f "$p/Dockerfile" "$p/ctx")
+    # Untimed: flush what earlier builds left for the disk to write, so a
+    # build is not charged for its predecessor's writeback (what it leaves
+    # dirty itself is not counted, for any builder).
+    sync
     start=$(now)
     "$timebin" -f %M -o "$memf" "${cmd[@]}" >"$logf" 2>&1 || rc=$?
     end=$(now)
@@ -367,9 +383,10 @@ run_build() {
     if [[ -n $dpid ]]; then
         local hwm
         hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$dpid/status" 2>/dev/null || true)
-        [[ -n $hwm ]] && mem="$hwm $mem"
+        if [[ -n $hwm ]]; then mem="$hwm $mem"; fi
     fi
     iid=$(cat "$iidf" 2>/dev/null || true)
+    if [[ $b == buildkit && -n $iid ]]; then echo "$iid" >> "$work/docker-images"; fi
     return $rc
 }
 
@@ -388,6 +405,15 @@ for proj in $projects; do
         log "$proj: skipped: ${skip_project[$proj]}"
         continue
     fi
+    # The largest store (rbuild's: every 1 GiB COPY layer is kept as a blob and unpacked as a
+    # snapshot for the RUN after it) after cold + edit, plus the context, plus a margin.
+    case $proj in context) need_gb=12 ;; parallel) need_gb=2 ;; *) need_gb=1 ;; esac
+    free_gb=$(df -Pk "$work" | awk 'NR == 2 {printf "%d", $4 / 1048576}')
+    if (( free_gb < need_gb )); then
+        skip_project[$proj]="needs ~$need_gb GiB free in $(dirname "$work"), has $free_gb GiB"
+        log "$proj: skipped: ${skip_project[$proj]}"
+        continue
+    fi
     log "$proj: generating the project ..."
     t0=$(now)
     mkdir -p "$work/proj/$proj/ctx"
@@ -395,7 +421,6 @@ for proj in $projects; do
     log "$proj: generated in $(printf '%.1f' "$(echo "$(now) - $t0" | bc -l)") s ($(find "$work/proj/$proj/ctx" -type f | wc -l) files, $(du -sh "$work/proj/$proj/ctx" | cut -f1))"
     for b in $builders; do
         [[ -n ${skip_builder[$b]:-} ]] && continue
-        [[ $b == buildkit ]] && docker_tags+=("$tag_prefix-$proj:latest")
         for r in $(seq 1 "$runs"); do
             prev=''
             for sc in "${scenarios[@]}"; do
@@ -434,6 +459,7 @@ for proj in $projects; do
         case $b in
             rbuild) rm -rf "$work/rb-store" ;;
             buildah) wipe_buildah ;;
+            buildkit) wipe_docker; "$docker" builder prune -af >/dev/null 2>&1 || true ;;
         esac
     done
     rm -rf "${work:?}/proj/$proj"
@@ -457,7 +483,7 @@ time_cell() { # time_cell PROJECT SCENARIO BUILDER: sets cell_t (text) and cell_
     else
         cell_s[$k]=$(median < "$f.time")
         cell_t[$k]=$(fmt_time "${cell_s[$k]}")
-        [[ -s $f.fail ]] && cell_t[$k]+=" ($(wc -l < "$f.fail")/$runs FAIL)"
+        if [[ -s $f.fail ]]; then cell_t[$k]+=" ($(wc -l < "$f.fail")/$runs FAIL)"; fi
     fi
 }
 mem_cell() { # mem_cell PROJECT SCENARIO BUILDER -> median MB (BuildKit: "dockerd (cli N)")
@@ -485,7 +511,7 @@ want buildkit && [[ -z ${skip_builder[buildkit]:-} ]] && versions+=("dockerd $("
 echo
 echo "machine: $(nproc) cores ($(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)), $mem_total RAM, kernel $(uname -r), store filesystem $store_fs, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "builders: $(IFS=';'; echo "${versions[*]}" | sed 's/;/; /g')"
-echo "median of $runs run(s) per scenario; each run: cold (empty store), then no-change, touch, edit, last in that store"
+echo "median of $runs run(s) per scenario; each run: cold (empty store), then no-change, touch, edit, last in that store; whole benchmark took $(printf '%.0f' "$(echo "$(now) - $started" | bc -l)") s"
 echo
 for proj in $projects; do echo "- $proj: ${describe[$proj]}"; done
 echo
@@ -504,7 +530,8 @@ done
 echo
 echo "¹ rbuild, buildah: max RSS of the builder and every process it waited for (RUN steps included)."
 echo "  BuildKit: dockerd's peak RSS during the build (BuildKit runs inside dockerd; its RUN containers"
-echo "  are separate runc processes, not counted), and in parentheses the docker client's max RSS."
+echo "  are separate runc processes, not counted; the peak includes what dockerd held before the build),"
+echo "  and in parentheses the docker client's max RSS."
 echo "Scenarios: cold = empty store, base pulled from $registry; no-change = same build again;"
 echo "touch = one context file's mtime changed; edit = one COPY'd file's content changed (re-runs a"
 echo "middle step and all after it); last = the Dockerfile's last instruction changed."

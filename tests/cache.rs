@@ -1513,3 +1513,41 @@ fn automatic_gc_during_concurrent_builds_breaks_neither() {
     }
     verify_store(&fx.root);
 }
+
+/// A full disk is named as such, and the next build (with room) works.
+#[test]
+fn a_full_disk_says_so() {
+    if !root_only("a_full_disk_says_so") {
+        return;
+    }
+    let fx = Fx::new();
+    let small = fx.dir.join("small-store");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("note: cannot mount a tmpfs here: skipping a_full_disk_says_so");
+        return;
+    }
+    let ctx = fx.dir.join("full");
+    write_file(&ctx.join("Dockerfile"), "FROM scratch\nCOPY big /big\n");
+    write_file(&ctx.join("big"), pattern_bytes(8 << 20, 7));
+    let out = run(rbuild(&small)
+        .arg("--root")
+        .arg(&small)
+        .args(["build", "--progress=plain"])
+        .arg(&ctx));
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    assert!(
+        !out.status.success(),
+        "a build into a 4 MiB store succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("No space left on device"),
+        "the error must say the disk is full:\n{err}"
+    );
+}

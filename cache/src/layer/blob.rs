@@ -407,9 +407,12 @@ fn write_blob<'s>(
         let sink = match produce(sink) {
             Ok(sink) => sink,
             Err(e) => {
-                // The sink was dropped, so the writer thread ends.
-                let _ = join(writer);
-                return Err(e);
+                // The sink was dropped, so the writer thread ends; its own
+                // error (say, a full disk) is the cause of a failed send.
+                return match join(writer) {
+                    Err(cause) => Err(cause),
+                    Ok(_) => Err(e),
+                };
             }
         };
         let finished = sink.finish();
