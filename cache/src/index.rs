@@ -33,8 +33,11 @@ const VERIFIED: TableDefinition<&str, &[u8]> = TableDefinition::new("verified");
 const WAIT_FOR_OTHERS: Duration = Duration::from_secs(120);
 
 /// What the store knew of a blob's file when its content last verified:
-/// the same as now means the content is still what was verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// the same as now means the content is still what was verified. The boot
+/// is part of it: layer blobs are not flushed to disk when written, so
+/// after a machine crash their files may hold less than their metadata
+/// says, and a stamp from another boot never matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
     /// Inode number.
     pub ino: u64,
@@ -44,6 +47,9 @@ pub struct FileStamp {
     pub mtime_ns: i128,
     /// Status change time, nanoseconds (a process cannot set it back).
     pub ctime_ns: i128,
+    /// The boot it was taken in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
 }
 
 impl FileStamp {
@@ -59,6 +65,7 @@ impl FileStamp {
             size: m.size(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            boot: crate::boot_id().map(str::to_string),
         })
     }
 }
@@ -237,7 +244,7 @@ impl CacheIndex {
                     layer.digest, s.size, layer.size
                 ))
             }
-            Some(s) if Some(s) == entry.stamp => None,
+            Some(s) if entry.stamp.as_ref() == Some(&s) => None,
             Some(_) => match store.verify_blob(&layer.digest) {
                 Ok(()) => {
                     entry.stamp = FileStamp::of(&path);
@@ -508,6 +515,40 @@ mod tests {
             index.get("touched").unwrap().unwrap().stamp,
             FileStamp::of(&path)
         );
+    }
+
+    #[test]
+    fn a_stamp_from_another_boot_is_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let index = CacheIndex::new(&store);
+        let l = layer(&store, b"written before a crash");
+        let mut e = entry(&store, Some(l.clone()));
+        if let Some(stamp) = e.stamp.as_mut() {
+            stamp.boot = Some("an-earlier-boot".into());
+        }
+        index.put("k", &e).unwrap();
+        assert!(matches!(
+            index.lookup(&store, "k").unwrap(),
+            Lookup::Hit { .. }
+        ));
+        // Hashed again, and now stamped in this boot.
+        assert_eq!(
+            index.get("k").unwrap().unwrap().stamp,
+            FileStamp::of(&store.blob_path(&l.digest))
+        );
+        // Damaged content is caught the same way, whatever its metadata.
+        let bad = layer(&store, b"torn by a power cut");
+        let mut e = entry(&store, Some(bad.clone()));
+        if let Some(stamp) = e.stamp.as_mut() {
+            stamp.boot = Some("an-earlier-boot".into());
+        }
+        index.put("bad", &e).unwrap();
+        std::fs::write(store.blob_path(&bad.digest), b"TORN BY A POWER CUT").unwrap();
+        assert!(matches!(
+            index.lookup(&store, "bad").unwrap(),
+            Lookup::Broken(_)
+        ));
     }
 
     #[test]

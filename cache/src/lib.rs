@@ -13,6 +13,20 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 pub use error::{Error, Result};
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel says:
+/// what was written without a flush is trusted only within the boot that
+/// wrote it.
+pub fn boot_id() -> Option<&'static str> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .as_deref()
+}
 pub use store::{Descriptor, Index, Store};
 
 /// A content digest, `algorithm:hex` (rbuild writes sha256).

@@ -169,6 +169,7 @@ impl Store {
             file: Some(io::BufWriter::with_capacity(1 << 20, file)),
             hasher: Sha256::new(),
             size: 0,
+            sync: true,
         })
     }
 
@@ -372,9 +373,20 @@ pub struct BlobWriter<'a> {
     file: Option<io::BufWriter<File>>,
     hasher: Sha256,
     size: u64,
+    sync: bool,
 }
 
 impl BlobWriter<'_> {
+    /// Publishes the blob without flushing it to disk. For blobs the build
+    /// cache makes (layers): their index records carry the boot they were
+    /// written in, and another boot hashes them again before trusting them
+    /// (see [`crate::index::FileStamp`]), so a machine crash cannot pass a
+    /// torn layer off as a good one, and no build waits for the disk.
+    pub fn without_fsync(mut self) -> Self {
+        self.sync = false;
+        self
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size
@@ -389,7 +401,9 @@ impl BlobWriter<'_> {
         let file = file
             .into_inner()
             .map_err(|e| Error::io(&self.path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        if self.sync {
+            file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        }
         let digest = Digest::from_sha256(std::mem::take(&mut self.hasher));
         let dest = self.store.blob_path(&digest);
         // A blob already there of another size is damaged: ours replaces it.
@@ -397,7 +411,9 @@ impl BlobWriter<'_> {
             let _ = fs::remove_file(&self.path);
         } else {
             fs::rename(&self.path, &dest).map_err(|e| Error::io(&dest, e))?;
-            sync_parent(&dest);
+            if self.sync {
+                sync_parent(&dest);
+            }
         }
         Ok((digest, self.size))
     }

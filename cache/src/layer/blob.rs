@@ -337,7 +337,7 @@ fn pipeline(
     produce: impl FnOnce(LayerSink) -> Result<LayerSink>,
 ) -> Result<LayerDescriptor> {
     let context = store.root().join("tmp");
-    let mut blob = store.blob_writer()?;
+    let mut blob = store.blob_writer()?.without_fsync();
     let (tx, rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
     // The snapshot is unpacked from the same chunks, on a thread of its
     // own, only for uncompressed layers (the chunks are then the tar).

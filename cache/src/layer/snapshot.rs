@@ -24,7 +24,7 @@ use super::apply::{apply_layer, remove_tree, ApplyOptions, ApplyStats, OverlayXa
 use super::blob::{open_layer, LayerDescriptor};
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::Digest;
+use crate::{boot_id, Digest};
 
 /// The completion marker inside `snapshots/<hex>/`.
 pub const SNAPSHOT_MARKER: &str = "complete.json";
@@ -59,18 +59,6 @@ pub struct SnapshotInfo {
     /// unpacks it again. (A killed process loses nothing the kernel has.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsynced_boot: Option<String>,
-}
-
-/// This boot's id, if the kernel says.
-fn boot_id() -> Option<&'static str> {
-    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    })
-    .as_deref()
 }
 
 /// Writes a snapshot's marker. Flushing a whole unpacked layer to disk
