@@ -256,7 +256,7 @@ fn finish(
             }
         }
     }
-    let desc = layer::write_layer_with_snapshot(store, Compression::None, epoch, |tar| {
+    let desc = layer::write_layer(store, Compression::None, epoch, |tar| {
         for (rel, item) in &items {
             match item {
                 Item::Dir { meta, opaque } => {

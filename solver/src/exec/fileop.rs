@@ -134,7 +134,7 @@ pub fn run(
     // Unpacked archives are read while the layer is written: keep them until then.
     let _temps = std::mem::take(&mut plan.temps);
     let entries = plan.entries;
-    let desc = layer::write_layer_with_snapshot(env.store, Compression::None, env.epoch, |tar| {
+    let desc = layer::write_layer(env.store, Compression::None, env.epoch, |tar| {
         for (path, entry) in &entries {
             let rel = path.trim_start_matches('/');
             if rel.is_empty() {
