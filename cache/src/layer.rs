@@ -20,8 +20,8 @@ mod tar_writer;
 pub(crate) use apply::remove_tree;
 pub use apply::{apply_layer, ApplyOptions, ApplyStats, OverlayXattr, Whiteouts};
 pub use blob::{
-    open_layer, recompress_layer, sniff_archive, write_layer, write_layer_with_snapshot,
-    Compression, LayerDescriptor, LayerSink, DOCKER_LAYER_ZSTD,
+    open_layer, recompress_layer, sniff_archive, write_layer, Compression, LayerDescriptor,
+    LayerSink, DOCKER_LAYER_ZSTD,
 };
 pub use snapshot::{snapshot, snapshot_dir, snapshot_info, SnapshotInfo, SNAPSHOT_MARKER};
 pub use tar_writer::{DeviceKind, EntryMeta, TarWriter};

@@ -333,49 +333,19 @@ fn pipeline(
     store: &Store,
     compression: Compression,
     expect_diff: Option<&Digest>,
-    snapshot: bool,
     produce: impl FnOnce(LayerSink) -> Result<LayerSink>,
 ) -> Result<LayerDescriptor> {
     let context = store.root().join("tmp");
     let mut blob = store.blob_writer()?.without_fsync();
     let (tx, rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
-    // The snapshot is unpacked from the same chunks, on a thread of its
-    // own, only for uncompressed layers (the chunks are then the tar).
-    let (tee, tee_rx) = if snapshot && compression == Compression::None {
-        let (t, r) = sync_channel::<Arc<Vec<u8>>>(CHUNKS_IN_FLIGHT);
-        (Some(t), Some(r))
-    } else {
-        (None, None)
-    };
     std::thread::scope(|scope| {
-        let unpacker =
-            tee_rx.map(|r| scope.spawn(move || super::snapshot::unpack_chunks(store, r)));
         let writer = scope.spawn(move || -> io::Result<BlobWriter<'_>> {
-            let mut tee = tee;
             for chunk in rx {
-                let chunk = Arc::new(chunk);
                 blob.write_all(&chunk)?;
-                if let Some(t) = &tee {
-                    if t.send(Arc::clone(&chunk)).is_err() {
-                        tee = None;
-                    }
-                }
             }
             Ok(blob)
         });
-        let result = write_blob(tx, compression, expect_diff, produce, &context, writer);
-        if let Some(unpacker) = unpacker {
-            match (&result, unpacker.join()) {
-                (Ok(layer), Ok(Some(unpacked))) => {
-                    // A failed publish only means the layer is unpacked
-                    // again when a step needs it.
-                    let _ = super::snapshot::publish_unpacked(store, layer, unpacked);
-                }
-                (Err(_), Ok(Some(unpacked))) => super::snapshot::discard_unpacked(unpacked),
-                _ => {}
-            }
-        }
-        result
+        write_blob(tx, compression, expect_diff, produce, &context, writer)
     })
 }
 
@@ -471,37 +441,8 @@ pub fn write_layer<F>(
 where
     F: FnOnce(&mut TarWriter<LayerSink>) -> io::Result<()>,
 {
-    write_layer_impl(store, compression, clamp_mtime, false, build)
-}
-
-/// [`write_layer`] for a layer a later step will stack on: its snapshot
-/// (see [`super::snapshot`]) is unpacked from the same stream on another
-/// thread while the blob is written, instead of being read back and
-/// unpacked when that step starts. Only uncompressed layers get one.
-pub fn write_layer_with_snapshot<F>(
-    store: &Store,
-    compression: Compression,
-    clamp_mtime: Option<i64>,
-    build: F,
-) -> Result<LayerDescriptor>
-where
-    F: FnOnce(&mut TarWriter<LayerSink>) -> io::Result<()>,
-{
-    write_layer_impl(store, compression, clamp_mtime, true, build)
-}
-
-fn write_layer_impl<F>(
-    store: &Store,
-    compression: Compression,
-    clamp_mtime: Option<i64>,
-    snapshot: bool,
-    build: F,
-) -> Result<LayerDescriptor>
-where
-    F: FnOnce(&mut TarWriter<LayerSink>) -> io::Result<()>,
-{
     let context = store.root().join("tmp");
-    pipeline(store, compression, None, snapshot, |sink| {
+    pipeline(store, compression, None, |sink| {
         let mut tar = TarWriter::new(sink, clamp_mtime);
         build(&mut tar).map_err(|e| io_to_error(e, &context))?;
         tar.finish().map_err(|e| Error::io(&context, e))
@@ -529,25 +470,19 @@ pub fn recompress_layer(
     let blob_path = store.blob_path(&layer.digest);
     let context = store.root().join("tmp");
     let mut reader = open_layer(store, &layer.digest)?;
-    pipeline(
-        store,
-        compression,
-        Some(&layer.diff_id),
-        false,
-        |mut sink| {
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => return Ok(sink),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::from_read(&layer.digest, &blob_path, e)),
-                };
-                sink.write_all(&buf[..n])
-                    .map_err(|e| Error::io(&context, e))?;
-            }
-        },
-    )
+    pipeline(store, compression, Some(&layer.diff_id), |mut sink| {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(sink),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::from_read(&layer.digest, &blob_path, e)),
+            };
+            sink.write_all(&buf[..n])
+                .map_err(|e| Error::io(&context, e))?;
+        }
+    })
 }
 
 /// Reads up to `n` bytes from the start of `reader`; returns them and a

@@ -14,13 +14,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::apply::{apply_layer, remove_tree, ApplyOptions, ApplyStats, OverlayXattr, Whiteouts};
+use super::apply::{apply_layer, remove_tree, ApplyOptions, OverlayXattr, Whiteouts};
 use super::blob::{open_layer, LayerDescriptor};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -177,139 +175,6 @@ pub fn snapshot(store: &Store, layer: &LayerDescriptor) -> Result<PathBuf> {
     }
     drop(lock);
     Ok(fs_dir)
-}
-
-/// A layer unpacked while it was being written (see [`unpack_chunks`]),
-/// waiting for its diffID to be known to be published.
-pub(crate) struct Unpacked {
-    tmp: PathBuf,
-    stats: ApplyStats,
-    ns: OverlayXattr,
-}
-
-/// Reads a tar stream that arrives as chunks over a channel.
-struct ChunkReader<'a> {
-    rx: &'a Receiver<Arc<Vec<u8>>>,
-    chunk: Option<Arc<Vec<u8>>>,
-    pos: usize,
-}
-
-impl Read for ChunkReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(chunk) = &self.chunk {
-                if self.pos < chunk.len() {
-                    let n = buf.len().min(chunk.len() - self.pos);
-                    buf[..n].copy_from_slice(&chunk[self.pos..self.pos + n]);
-                    self.pos += n;
-                    return Ok(n);
-                }
-            }
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.chunk = Some(chunk);
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-    }
-}
-
-/// Unpacks the uncompressed tar of a layer being written (its chunks as
-/// the blob writer gets them) into a fresh directory under `snapshots/`, so
-/// the layer has its snapshot without being read back and unpacked later.
-/// `None` when unpacking failed (the snapshot is then made on demand).
-pub(crate) fn unpack_chunks(store: &Store, rx: Receiver<Arc<Vec<u8>>>) -> Option<Unpacked> {
-    let snaps = store.root().join("snapshots");
-    let tmp = snaps.join(format!(
-        ".tmp-new-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let ns = OverlayXattr::detect();
-    let result = (|| -> Result<ApplyStats> {
-        let fs_dir = tmp.join("fs");
-        fs::create_dir_all(&fs_dir).map_err(|e| Error::io(&fs_dir, e))?;
-        rustix::fs::chmod(&fs_dir, rustix::fs::Mode::from_raw_mode(0o755))
-            .map_err(|e| Error::io(&fs_dir, e.into()))?;
-        let opts = ApplyOptions {
-            whiteouts: Whiteouts::Overlay(ns),
-            chown: true,
-            same_owner_required: false,
-        };
-        let reader = ChunkReader {
-            rx: &rx,
-            chunk: None,
-            pos: 0,
-        };
-        apply_layer(reader, &fs_dir, &opts)
-    })();
-    // Whatever follows the end of the archive: the writer must never block.
-    while rx.recv().is_ok() {}
-    match result {
-        Ok(stats) => Some(Unpacked { tmp, stats, ns }),
-        Err(_) => {
-            let _ = remove_tree(&tmp);
-            None
-        }
-    }
-}
-
-/// Discards an unpack that will not be published.
-pub(crate) fn discard_unpacked(unpacked: Unpacked) {
-    let _ = remove_tree(&unpacked.tmp);
-}
-
-/// Publishes an unpack of `layer` as its snapshot (unless one exists).
-pub(crate) fn publish_unpacked(store: &Store, layer: &LayerDescriptor, u: Unpacked) -> Result<()> {
-    let info = SnapshotInfo {
-        diff_id: layer.diff_id.clone(),
-        digest: layer.digest.clone(),
-        overlay_xattrs: u.ns.name().to_string(),
-        entries: u.stats.entries,
-        bytes: u.stats.bytes,
-        skipped: u.stats.skipped,
-        warnings: u.stats.warnings,
-        implicit_dirs: u.stats.implicit_dirs,
-        unsynced_boot: None,
-    };
-    let result = (|| -> Result<()> {
-        write_marker(&u.tmp, info)?;
-        let snaps = store.root().join("snapshots");
-        let hex = layer.diff_id.hex();
-        let lock_path = snaps.join(format!(".lock-{hex}"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::io(&lock_path, e.into()))?;
-        if snapshot_info(store, &layer.diff_id).is_some() {
-            return Ok(());
-        }
-        let final_dir = snapshot_dir(store, &layer.diff_id);
-        if fs::symlink_metadata(&final_dir).is_ok() {
-            let trash = snaps.join(format!(
-                ".trash-{hex}-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            fs::rename(&final_dir, &trash).map_err(|e| Error::io(&final_dir, e))?;
-            remove_tree(&trash).map_err(|e| Error::io(&trash, e))?;
-        }
-        fs::rename(&u.tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-        if let Ok(d) = File::open(&snaps) {
-            let _ = d.sync_all();
-        }
-        drop(lock);
-        Ok(())
-    })();
-    // Published or not, nothing stays behind.
-    let _ = remove_tree(&u.tmp);
-    result
 }
 
 /// Unpacks and verifies the layer into `tmp/fs`, writes the marker, and
