@@ -24,10 +24,15 @@ use crate::error::{Error, Result};
 use crate::layer::LayerDescriptor;
 use crate::store::Store;
 
-const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// The tables' shape: string keys, JSON values.
+type Def = TableDefinition<'static, &'static str, &'static [u8]>;
+type WriteTable<'tx> = redb::Table<'tx, &'static str, &'static [u8]>;
+type ReadTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+
+const ENTRIES: Def = TableDefinition::new("entries");
 /// Blob digest → the [`FileStamp`] its file had when its content was last
 /// verified.
-const VERIFIED: TableDefinition<&str, &[u8]> = TableDefinition::new("verified");
+const VERIFIED: Def = TableDefinition::new("verified");
 
 /// How long a call waits for another process to close the index.
 const WAIT_FOR_OTHERS: Duration = Duration::from_secs(120);
@@ -199,6 +204,35 @@ impl CacheIndex {
         }
     }
 
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        index_err(&self.path, e)
+    }
+
+    /// Runs `f` on `def`'s table in one write transaction and commits it
+    /// (nothing is committed when `f` fails).
+    fn write<T>(&self, def: Def, f: impl FnOnce(&mut WriteTable<'_>) -> Result<T>) -> Result<T> {
+        let db = self.open()?;
+        let tx = db.begin_write().map_err(|e| self.err(e))?;
+        let out = {
+            let mut table = tx.open_table(def).map_err(|e| self.err(e))?;
+            f(&mut table)?
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    /// Runs `f` on `def`'s table in a read transaction; `None` when the
+    /// table has never been written.
+    fn read<T>(&self, def: Def, f: impl FnOnce(&ReadTable) -> Result<T>) -> Result<Option<T>> {
+        let db = self.open()?;
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
+        match tx.open_table(def) {
+            Ok(table) => f(&table).map(Some),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     fn read_entry(bytes: &[u8]) -> Option<Entry> {
         serde_json::from_slice(bytes).ok()
     }
@@ -208,15 +242,11 @@ impl CacheIndex {
         if !self.path.exists() {
             return Ok(None);
         }
-        let db = self.open()?;
-        let tx = db.begin_read().map_err(|e| index_err(&self.path, e))?;
-        let table = match tx.open_table(ENTRIES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(index_err(&self.path, e)),
-        };
-        let value = table.get(key).map_err(|e| index_err(&self.path, e))?;
-        Ok(value.and_then(|v| Self::read_entry(v.value())))
+        let entry = self.read(ENTRIES, |table| {
+            let value = table.get(key).map_err(|e| self.err(e))?;
+            Ok(value.and_then(|v| Self::read_entry(v.value())))
+        })?;
+        Ok(entry.flatten())
     }
 
     /// Looks `key` up and checks the blob behind it: present, and either
@@ -275,17 +305,12 @@ impl CacheIndex {
             return Ok(());
         };
         let bytes = serde_json::to_vec(&stamp).map_err(Error::json)?;
-        let db = self.open()?;
-        let tx = db.begin_write().map_err(|e| index_err(&self.path, e))?;
-        {
-            let mut table = tx
-                .open_table(VERIFIED)
-                .map_err(|e| index_err(&self.path, e))?;
+        self.write(VERIFIED, |table| {
             table
                 .insert(digest.as_str(), bytes.as_slice())
-                .map_err(|e| index_err(&self.path, e))?;
-        }
-        tx.commit().map_err(|e| index_err(&self.path, e))
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        })
     }
 
     /// Checks blob `digest` before an image that names it is tagged: cheap
@@ -295,19 +320,11 @@ impl CacheIndex {
         let Some(now) = FileStamp::of(&path) else {
             return Err(Error::MissingBlob(digest.clone()));
         };
-        let known = {
-            let db = self.open()?;
-            let tx = db.begin_read().map_err(|e| index_err(&self.path, e))?;
-            match tx.open_table(VERIFIED) {
-                Ok(table) => table
-                    .get(digest.as_str())
-                    .map_err(|e| index_err(&self.path, e))?
-                    .and_then(|v| serde_json::from_slice::<FileStamp>(v.value()).ok()),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(index_err(&self.path, e)),
-            }
-        };
-        if known == Some(now) {
+        let known = self.read(VERIFIED, |table| {
+            let value = table.get(digest.as_str()).map_err(|e| self.err(e))?;
+            Ok(value.and_then(|v| serde_json::from_slice::<FileStamp>(v.value()).ok()))
+        })?;
+        if known.flatten() == Some(now) {
             return Ok(());
         }
         store.verify_blob(digest)?;
@@ -317,17 +334,12 @@ impl CacheIndex {
     /// Stores `entry` under `key`.
     pub fn put(&self, key: &str, entry: &Entry) -> Result<()> {
         let bytes = serde_json::to_vec(entry).map_err(Error::json)?;
-        let db = self.open()?;
-        let tx = db.begin_write().map_err(|e| index_err(&self.path, e))?;
-        {
-            let mut table = tx
-                .open_table(ENTRIES)
-                .map_err(|e| index_err(&self.path, e))?;
+        self.write(ENTRIES, |table| {
             table
                 .insert(key, bytes.as_slice())
-                .map_err(|e| index_err(&self.path, e))?;
-        }
-        tx.commit().map_err(|e| index_err(&self.path, e))
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        })
     }
 
     /// Records that a build used `keys` at `now`, in one transaction.
@@ -335,16 +347,11 @@ impl CacheIndex {
         if keys.is_empty() || !self.path.exists() {
             return Ok(());
         }
-        let db = self.open()?;
-        let tx = db.begin_write().map_err(|e| index_err(&self.path, e))?;
-        {
-            let mut table = tx
-                .open_table(ENTRIES)
-                .map_err(|e| index_err(&self.path, e))?;
+        self.write(ENTRIES, |table| {
             for key in keys {
                 let entry = table
                     .get(key.as_str())
-                    .map_err(|e| index_err(&self.path, e))?
+                    .map_err(|e| self.err(e))?
                     .and_then(|v| Self::read_entry(v.value()));
                 if let Some(mut entry) = entry {
                     if entry.last_used < now {
@@ -352,34 +359,30 @@ impl CacheIndex {
                         let bytes = serde_json::to_vec(&entry).map_err(Error::json)?;
                         table
                             .insert(key.as_str(), bytes.as_slice())
-                            .map_err(|e| index_err(&self.path, e))?;
+                            .map_err(|e| self.err(e))?;
                     }
                 }
             }
-        }
-        tx.commit().map_err(|e| index_err(&self.path, e))
+            Ok(())
+        })
     }
 
     /// Every entry, by key. Unreadable entries are left out.
     pub fn entries(&self) -> Result<BTreeMap<String, Entry>> {
-        let mut out = BTreeMap::new();
         if !self.path.exists() {
-            return Ok(out);
+            return Ok(BTreeMap::new());
         }
-        let db = self.open()?;
-        let tx = db.begin_read().map_err(|e| index_err(&self.path, e))?;
-        let table = match tx.open_table(ENTRIES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
-            Err(e) => return Err(index_err(&self.path, e)),
-        };
-        for item in table.iter().map_err(|e| index_err(&self.path, e))? {
-            let (k, v) = item.map_err(|e| index_err(&self.path, e))?;
-            if let Some(entry) = Self::read_entry(v.value()) {
-                out.insert(k.value().to_string(), entry);
+        let all = self.read(ENTRIES, |table| {
+            let mut out = BTreeMap::new();
+            for item in table.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if let Some(entry) = Self::read_entry(v.value()) {
+                    out.insert(k.value().to_string(), entry);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })?;
+        Ok(all.unwrap_or_default())
     }
 
     /// Removes the entries under `keys`, in one transaction.
@@ -387,19 +390,12 @@ impl CacheIndex {
         if keys.is_empty() || !self.path.exists() {
             return Ok(());
         }
-        let db = self.open()?;
-        let tx = db.begin_write().map_err(|e| index_err(&self.path, e))?;
-        {
-            let mut table = tx
-                .open_table(ENTRIES)
-                .map_err(|e| index_err(&self.path, e))?;
+        self.write(ENTRIES, |table| {
             for key in keys {
-                table
-                    .remove(key.as_str())
-                    .map_err(|e| index_err(&self.path, e))?;
+                table.remove(key.as_str()).map_err(|e| self.err(e))?;
             }
-        }
-        tx.commit().map_err(|e| index_err(&self.path, e))
+            Ok(())
+        })
     }
 }
 
