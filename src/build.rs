@@ -48,10 +48,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
     };
     // A build keeps the collector away from what it uses until it ends.
     let lease = match (&store, call) {
-        (Some(store), Call::Build) => Some(
-            rbuild_cache::gc::lease(store)
-                .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))?,
-        ),
+        (Some(store), Call::Build) => Some(crate::manage::lease(store)?),
         _ => None,
     };
     let input = read_input(args, store.as_deref())?;

@@ -8,16 +8,12 @@ use rbuild_cache::gc::{self, PruneOptions, PruneReport, Usage};
 use rbuild_cache::Store;
 
 use crate::cli::{DuArgs, PruneArgs};
+use crate::manage::open;
 use crate::progress::bytes;
 use crate::Failure;
 
 /// The environment variable that sets the store's size limit.
 pub const KEEP_STORAGE_ENV: &str = "RBUILD_GC_KEEP_STORAGE";
-
-fn open(root: &std::path::Path) -> Result<Store, Failure> {
-    Store::open(root)
-        .map_err(|e| Failure::failed(format!("cannot open the store at {}: {e}", root.display())))
-}
 
 /// Parses a size as Docker's `--keep-storage` does: a number with an
 /// optional binary unit (`b`, `k`/`kb`/`kib`, `m`…, `g`…, `t`…), any case.

@@ -20,9 +20,16 @@ use crate::progress::Plain;
 use crate::remote::{Encoding, Remote};
 use crate::Failure;
 
-fn open(root: &std::path::Path) -> Result<Store, Failure> {
+/// Opens the store at `root`.
+pub(crate) fn open(root: &std::path::Path) -> Result<Store, Failure> {
     Store::open(root)
         .map_err(|e| Failure::failed(format!("cannot open the store at {}: {e}", root.display())))
+}
+
+/// A lease that keeps `rbuild prune` away from what this command uses.
+pub(crate) fn lease(store: &Store) -> Result<rbuild_cache::gc::Lease, Failure> {
+    rbuild_cache::gc::lease(store)
+        .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))
 }
 
 /// Lists tags: name, tag, image ID, size of the layers.
@@ -105,8 +112,7 @@ fn find_tag(store: &Store, name: &str) -> Result<Option<String>, Failure> {
 pub fn rmi(root: &std::path::Path, names: &[String]) -> Result<ExitCode, Failure> {
     let store = open(root)?;
     // index.json is rewritten through tmp/, which a prune sweeps.
-    let _lease = rbuild_cache::gc::lease(&store)
-        .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))?;
+    let _lease = lease(&store)?;
     let mut missing = Vec::new();
     for name in names {
         match find_tag(&store, name)? {
@@ -177,8 +183,7 @@ pub fn pull(cli: &Cli, args: &PullArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| Failure::usage(e.to_string()))?
         .unwrap_or_else(Platform::host);
     let store = Arc::new(open(&store_root(cli)?)?);
-    let _lease = rbuild_cache::gc::lease(&store)
-        .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))?;
+    let _lease = lease(&store)?;
     let remote = Remote::new(
         Arc::clone(&store),
         &cli.insecure_registries,
@@ -198,8 +203,7 @@ pub fn pull(cli: &Cli, args: &PullArgs) -> Result<ExitCode, Failure> {
 /// `rbuild push NAME [DEST]`: sends a stored image to a registry.
 pub fn push(cli: &Cli, args: &PushArgs) -> Result<ExitCode, Failure> {
     let store = Arc::new(open(&store_root(cli)?)?);
-    let _lease = rbuild_cache::gc::lease(&store)
-        .map_err(|e| Failure::failed(format!("cannot lease the store: {e}")))?;
+    let _lease = lease(&store)?;
     let reference = normalize(&args.name)
         .ok_or_else(|| Failure::usage(format!("invalid image reference {:?}", args.name)))?;
     let dest = args.dest.as_deref().unwrap_or(&args.name);
