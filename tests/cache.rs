@@ -1551,3 +1551,140 @@ fn a_full_disk_says_so() {
         "the error must say the disk is full:\n{err}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Layers kept as snapshots only (no blob until an image needs one)
+// ---------------------------------------------------------------------------
+
+const STAGES: &str = "FROM busybox AS build\n\
+     COPY . /src\n\
+     RUN echo built > /src/built\n\
+     FROM busybox\n\
+     COPY --from=build /src /app\n\
+     COPY --from=build --chmod=600 /src/a.txt /app/a600.txt\n";
+
+fn stages_fixture() -> Fx {
+    let fx = Fx::new();
+    write_file(&fx.ctx.join("a.txt"), "alpha\n");
+    write_file(&fx.ctx.join("sub/b.txt"), "bravo\n".repeat(3000));
+    fx.dockerfile(STAGES);
+    fx
+}
+
+fn snapshot_file(root: &Path, layer: &str, path: &str) -> PathBuf {
+    let hex = layer.strip_prefix("sha256:").expect("sha256 digest");
+    root.join("snapshots").join(hex).join("fs").join(path)
+}
+
+#[test]
+fn a_stage_only_copied_from_writes_no_blob_and_its_layer_gets_one_when_tagged() {
+    if !root_only("a_stage_only_copied_from_writes_no_blob_and_its_layer_gets_one_when_tagged") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let fx = stages_fixture();
+    let first = fx.build(&[]);
+    let copy_ctx = first
+        .step("COPY . /src")
+        .layer
+        .expect("COPY . /src adds a layer");
+    let copy_from = first
+        .step("COPY --from=build /src /app")
+        .layer
+        .expect("COPY --from adds a layer");
+    let layout = Layout::new(&fx.root);
+    // The build stage's COPY layer is in no image: it has a snapshot only.
+    assert!(
+        !layout.blob_path(&copy_ctx).exists(),
+        "the layer of a stage that is only copied from got a blob"
+    );
+    assert!(snapshot_file(&fx.root, &copy_ctx, "src/a.txt").is_file());
+    // The image's layers all have blobs, and read back right.
+    verify_store(&fx.root);
+    let img = fx.image();
+    assert_eq!(img.text("/app/a.txt"), "alpha\n");
+    assert_eq!(img.text("/app/sub/b.txt"), "bravo\n".repeat(3000));
+    assert_eq!(img.text("/app/built"), "built\n");
+    assert_eq!(img.get("/app/a600.txt").unwrap().mode & 0o7777, 0o600);
+    assert_eq!(img.text("/app/a600.txt"), "alpha\n");
+
+    // The copied file is the build stage's snapshot file, linked, not a
+    // second copy; with --chmod it cannot be, and is not.
+    let src = std::fs::metadata(snapshot_file(&fx.root, &copy_ctx, "src/sub/b.txt")).unwrap();
+    let dst = std::fs::metadata(snapshot_file(&fx.root, &copy_from, "app/sub/b.txt")).unwrap();
+    assert_eq!((src.dev(), src.ino()), (dst.dev(), dst.ino()));
+    let chmod_layer = first
+        .step("--chmod=600")
+        .layer
+        .expect("COPY --chmod adds a layer");
+    let chmodded =
+        std::fs::metadata(snapshot_file(&fx.root, &chmod_layer, "app/a600.txt")).unwrap();
+    assert_eq!(chmodded.mode() & 0o7777, 0o600);
+    assert_eq!(chmodded.nlink(), 1);
+
+    // Tagging the build stage (every step cached) writes the blob from
+    // the snapshot: the digest the cache recorded, content from the context.
+    let _ = std::fs::remove_file(fx.meta_path());
+    ok(build(&fx.root)
+        .arg(busybox_flag())
+        .args(["--target", "build", "-t", "build:1", "--metadata-file"])
+        .arg(fx.meta_path())
+        .arg(&fx.ctx));
+    let again = Built {
+        meta: read_json(&fx.meta_path()),
+        progress: String::new(),
+    };
+    assert!(again.cached("COPY . /src"), "{}", again.show());
+    assert_eq!(
+        again.step("COPY . /src").layer.as_deref(),
+        Some(copy_ctx.as_str())
+    );
+    assert!(layout.blob_path(&copy_ctx).is_file());
+    verify_store(&fx.root);
+    let stage = StoredImage::load(&fx.root, "build:1");
+    assert!(stage.digests.contains(&copy_ctx));
+    assert_eq!(stage.text("/src/a.txt"), "alpha\n");
+    assert_eq!(stage.text("/src/built"), "built\n");
+}
+
+#[test]
+fn a_changed_snapshot_of_a_blobless_layer_is_never_exported_and_is_rebuilt() {
+    if !root_only("a_changed_snapshot_of_a_blobless_layer_is_never_exported_and_is_rebuilt") {
+        return;
+    }
+    let fx = stages_fixture();
+    let first = fx.build(&[]);
+    let copy_ctx = first.step("COPY . /src").layer.expect("a layer");
+    let victim = snapshot_file(&fx.root, &copy_ctx, "src/a.txt");
+    std::fs::write(&victim, "ALPHA\n").unwrap();
+
+    let tagged = |expect_ok: bool| {
+        let mut cmd = build(&fx.root);
+        cmd.arg(busybox_flag())
+            .args(["--target", "build", "-t", "build:1", "--metadata-file"])
+            .arg(fx.meta_path())
+            .arg(&fx.ctx);
+        if expect_ok {
+            ok(&mut cmd);
+            None
+        } else {
+            Some(fails(&mut cmd, 1))
+        }
+    };
+    let err = tagged(false).unwrap();
+    assert!(err.contains("damaged"), "{err}");
+    assert!(err.contains("run the build again"), "{err}");
+    assert!(
+        !Layout::new(&fx.root).blob_path(&copy_ctx).exists(),
+        "a blob was written from a changed snapshot"
+    );
+    tagged(true);
+    let again = Built {
+        meta: read_json(&fx.meta_path()),
+        progress: String::new(),
+    };
+    assert!(!again.cached("COPY . /src"), "{}", again.show());
+    verify_store(&fx.root);
+    let stage = StoredImage::load(&fx.root, "build:1");
+    assert_eq!(stage.text("/src/a.txt"), "alpha\n");
+}

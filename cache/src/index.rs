@@ -266,6 +266,8 @@ impl CacheIndex {
         let path = store.blob_path(&layer.digest);
         let now = FileStamp::of(&path);
         let problem = match now {
+            // Kept as a snapshot, its blob made when an image needs it.
+            None if crate::layer::layer_available(store, &layer) => None,
             None => Some(format!("its layer blob {} is missing", layer.digest)),
             Some(s) if s.size != layer.size => {
                 store.discard_blob(&layer.digest);

@@ -13,8 +13,10 @@
 
 mod apply;
 mod blob;
+mod lazy;
 mod reader;
 mod snapshot;
+mod split;
 mod tar_writer;
 
 pub(crate) use apply::remove_tree;
@@ -23,5 +25,8 @@ pub use blob::{
     open_layer, recompress_layer, sniff_archive, write_layer, Compression, LayerDescriptor,
     LayerSink, DOCKER_LAYER_ZSTD,
 };
-pub use snapshot::{snapshot, snapshot_dir, snapshot_info, SnapshotInfo, SNAPSHOT_MARKER};
-pub use tar_writer::{DeviceKind, EntryMeta, TarWriter};
+pub use lazy::{discard_snapshot, layer_available, materialize, write_layer_snapshot};
+pub use snapshot::{
+    snapshot, snapshot_dir, snapshot_info, SnapshotInfo, SNAPSHOT_MARKER, TAR_SPLIT_FILE,
+};
+pub use tar_writer::{DeviceKind, EntryMeta, SplitRecord, TarSplit, TarWriter};

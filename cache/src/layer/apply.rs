@@ -8,13 +8,14 @@
 //! are created with `O_EXCL|O_NOFOLLOW`, links and nodes with `*at` calls
 //! that do not follow, metadata set with no-follow flags or on an fd).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags, CWD};
 use rustix::io::Errno;
@@ -105,6 +106,12 @@ pub struct ApplyOptions {
     pub chown: bool,
     /// Fail instead of warning when an owner cannot be set.
     pub same_owner_required: bool,
+    /// Regular-file entries (by entry path) whose content and metadata an
+    /// existing immutable file may already have (a file in another
+    /// snapshot that a COPY --from reads): when that file's mode, owner,
+    /// mtime and size are the entry's and it has no xattrs, it is hard
+    /// linked instead of written, and the entry's content is skipped.
+    pub links: Option<Arc<BTreeMap<String, PathBuf>>>,
 }
 
 impl ApplyOptions {
@@ -114,6 +121,7 @@ impl ApplyOptions {
             whiteouts: Whiteouts::Apply,
             chown: true,
             same_owner_required: false,
+            links: None,
         }
     }
 
@@ -123,6 +131,7 @@ impl ApplyOptions {
             whiteouts: Whiteouts::Keep,
             chown: true,
             same_owner_required: false,
+            links: None,
         }
     }
 }
@@ -140,6 +149,9 @@ pub struct ApplyStats {
     pub entries: u64,
     /// Bytes of regular-file content written.
     pub bytes: u64,
+    /// Regular files hard linked from [`ApplyOptions::links`] instead of
+    /// written.
+    pub linked: u64,
     /// Entries not created: devices where mknod is not permitted, unknown
     /// entry types, aufs metadata.
     pub skipped: u64,
@@ -404,7 +416,19 @@ impl Applier<'_> {
         let rel = parent_rel.join(OsStr::from_bytes(base));
         match kind {
             Kind::Dir => self.make_dir(&rel, &meta)?,
-            Kind::File => self.make_file(&rel, &meta, data)?,
+            Kind::File => {
+                let source = self.opts.links.as_ref().and_then(|l| l.get(name.as_str()));
+                let linked = match source {
+                    Some(src) => self.link_identical(&rel, &meta, header.size, src)?,
+                    None => false,
+                };
+                if linked {
+                    self.stats.linked += 1;
+                    skip_data(data)?;
+                } else {
+                    self.make_file(&rel, &meta, data)?;
+                }
+            }
             Kind::Symlink => {
                 let target = &header.link;
                 if target.is_empty() || target.contains(&0) {
@@ -644,6 +668,37 @@ impl Applier<'_> {
         self.set_xattrs(Target::Fd(&file), &abs, meta)?;
         rustix::fs::futimens(&file, &meta.timestamps()).map_err(|e| errno_io(&abs, e))?;
         Ok(())
+    }
+
+    /// Hard links `src` at `rel` when `src` is a regular file with exactly
+    /// the metadata the entry would give it (no xattrs on either side):
+    /// the result is indistinguishable from writing the entry. False, and
+    /// nothing done, when it is not, or when the link fails (another
+    /// filesystem, too many links): the caller writes the file.
+    fn link_identical(&mut self, rel: &Path, meta: &Meta, size: u64, src: &Path) -> Result<bool> {
+        let Ok(md) = fs::symlink_metadata(src) else {
+            return Ok(false);
+        };
+        let same = md.file_type().is_file()
+            && md.len() == size
+            && md.mode() & 0o7777 == meta.mode
+            && (!self.opts.chown || (md.uid() == meta.uid && md.gid() == meta.gid))
+            && md.mtime() == meta.mtime
+            && md.mtime_nsec() == i64::from(meta.nsec)
+            && meta.xattrs.is_empty()
+            && rustix::fs::llistxattr_query(src).is_ok_and(|n| n == 0);
+        if !same {
+            return Ok(false);
+        }
+        let abs = self.root.join(rel);
+        match fs::hard_link(src, &abs) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove(rel)?;
+                Ok(fs::hard_link(src, &abs).is_ok())
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     fn make_symlink(&mut self, rel: &Path, meta: &Meta, target: &[u8]) -> Result<()> {
@@ -937,6 +992,19 @@ impl Applier<'_> {
             .map_err(|e| errno_io(&abs, e))?;
         }
         Ok(())
+    }
+}
+
+/// Reads and discards the rest of the current entry's content.
+fn skip_data<R: Read>(data: &mut TarReader<R>) -> Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match data.read_data(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
     }
 }
 

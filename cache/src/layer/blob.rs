@@ -141,7 +141,7 @@ fn threads() -> usize {
 /// Bytes gathered before a chunk goes to the blob-writing thread.
 const CHUNK: usize = 1 << 20;
 /// Chunks in flight to the blob-writing thread (bounds memory).
-const CHUNKS_IN_FLIGHT: usize = 8;
+pub(super) const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// The end of the pipeline on the producing side: batches bytes into
 /// chunks for the thread that hashes them into the blob and writes it.
@@ -238,6 +238,11 @@ impl LayerSink {
         })
     }
 
+    /// Ends an uncompressed stream made by [`plain_sink`].
+    pub(super) fn finish_plain(self) -> io::Result<()> {
+        self.finish().map(|_| ())
+    }
+
     /// Ends the compressed stream and the blob; returns the diffID (None
     /// for plain layers: the blob digest is the diffID).
     fn finish(mut self) -> io::Result<Option<Digest>> {
@@ -310,6 +315,17 @@ impl Write for LayerSink {
     /// which would make the output depend on when callers flush.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A sink passing an uncompressed tar, in chunks, to `tx`'s receiver.
+pub(super) fn plain_sink(tx: SyncSender<Vec<u8>>) -> LayerSink {
+    LayerSink {
+        inner: Some(SinkInner::Plain(ChunkSender {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        })),
+        diff: Sha256::new(),
     }
 }
 
@@ -534,6 +550,13 @@ fn magic(head: &[u8]) -> Magic {
 /// ([`apply_layer`](super::apply_layer) does).
 pub fn open_layer(store: &Store, digest: &Digest) -> Result<Box<dyn Read + Send>> {
     let path = store.blob_path(digest);
+    // A layer kept as a snapshot only (see `super::lazy`) reads as the
+    // same tar, made from it.
+    if !store.has_blob(digest) {
+        if let Some(reader) = super::lazy::open_split_layer(store, digest)? {
+            return Ok(Box::new(reader));
+        }
+    }
     let blob: Box<dyn Read + Send> = Box::new(store.open_blob(digest)?);
     let (head, raw) = peek(blob, 6).map_err(|e| Error::from_read(digest, &path, e))?;
     Ok(match magic(&head) {

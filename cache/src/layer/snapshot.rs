@@ -57,13 +57,22 @@ pub struct SnapshotInfo {
     /// unpacks it again. (A killed process loses nothing the kernel has.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsynced_boot: Option<String>,
+    /// The snapshot was written straight from its layer's tar stream, with
+    /// the stream's split ([`super::split`]) beside it in
+    /// [`TAR_SPLIT_FILE`]: the layer's blob may not exist, and is made from
+    /// the snapshot when an image needs it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tar_split: bool,
 }
+
+/// The file beside a snapshot's `fs/` holding its layer's tar split.
+pub const TAR_SPLIT_FILE: &str = "tar-split.zst";
 
 /// Writes a snapshot's marker. Flushing a whole unpacked layer to disk
 /// (syncfs) would make every step wait for the disk; instead the marker
 /// records the boot, and a snapshot from an earlier boot that was never
 /// flushed counts as absent. Without a boot id, it is flushed.
-fn write_marker(dir: &Path, mut info: SnapshotInfo) -> Result<()> {
+pub(crate) fn write_marker(dir: &Path, mut info: SnapshotInfo) -> Result<()> {
     info.unsynced_boot = boot_id().map(str::to_string);
     let marker = dir.join(SNAPSHOT_MARKER);
     let bytes = serde_json::to_vec_pretty(&info).map_err(Error::json)?;
@@ -177,6 +186,64 @@ pub fn snapshot(store: &Store, layer: &LayerDescriptor) -> Result<PathBuf> {
     Ok(fs_dir)
 }
 
+/// A fresh directory under `snapshots/` for a snapshot being written
+/// elsewhere than [`snapshot`]: debris for the collector if the process
+/// dies, published with [`publish`].
+pub(crate) fn new_tmp_dir(store: &Store) -> Result<PathBuf> {
+    let snaps = store.root().join("snapshots");
+    let tmp = snaps.join(format!(
+        ".tmp-new-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let fs_dir = tmp.join("fs");
+    fs::create_dir_all(&fs_dir).map_err(|e| Error::io(&fs_dir, e))?;
+    // Overlay shows the lowerdir root's mode as the container's `/`.
+    rustix::fs::chmod(&fs_dir, rustix::fs::Mode::from_raw_mode(0o755))
+        .map_err(|e| Error::io(&fs_dir, e.into()))?;
+    Ok(tmp)
+}
+
+/// Publishes `tmp` (complete, with its marker) as the snapshot of
+/// `diff_id`, unless a complete one is there already; `tmp` is gone
+/// afterwards either way.
+pub(crate) fn publish(store: &Store, diff_id: &Digest, tmp: &Path) -> Result<()> {
+    let result = (|| -> Result<()> {
+        let snaps = store.root().join("snapshots");
+        let hex = diff_id.hex();
+        let lock_path = snaps.join(format!(".lock-{hex}"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(&lock_path, e.into()))?;
+        if snapshot_info(store, diff_id).is_some() {
+            return Ok(());
+        }
+        let final_dir = snapshot_dir(store, diff_id);
+        if fs::symlink_metadata(&final_dir).is_ok() {
+            let trash = snaps.join(format!(
+                ".trash-{hex}-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::rename(&final_dir, &trash).map_err(|e| Error::io(&final_dir, e))?;
+            remove_tree(&trash).map_err(|e| Error::io(&trash, e))?;
+        }
+        fs::rename(tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        if let Ok(d) = File::open(&snaps) {
+            let _ = d.sync_all();
+        }
+        drop(lock);
+        Ok(())
+    })();
+    let _ = remove_tree(tmp);
+    result
+}
+
 /// Unpacks and verifies the layer into `tmp/fs`, writes the marker, and
 /// records the boot (see [`write_marker`]).
 fn unpack_into(store: &Store, layer: &LayerDescriptor, tmp: &Path) -> Result<()> {
@@ -190,6 +257,7 @@ fn unpack_into(store: &Store, layer: &LayerDescriptor, tmp: &Path) -> Result<()>
         whiteouts: Whiteouts::Overlay(ns),
         chown: true,
         same_owner_required: false,
+        links: None,
     };
     let mut reader = HashingReader {
         inner: open_layer(store, &layer.digest)?,
@@ -213,6 +281,7 @@ fn unpack_into(store: &Store, layer: &LayerDescriptor, tmp: &Path) -> Result<()>
         warnings: stats.warnings,
         implicit_dirs: stats.implicit_dirs,
         unsynced_boot: None,
+        tar_split: false,
     };
     write_marker(tmp, info)
 }
@@ -252,6 +321,7 @@ mod tests {
             skipped: 0,
             warnings: Vec::new(),
             unsynced_boot: None,
+            tar_split: false,
         };
         write_marker(&snap, info.clone()).unwrap();
         assert!(snapshot_info(&store, &diff_id).is_some());

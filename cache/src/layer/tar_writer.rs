@@ -97,6 +97,44 @@ pub struct TarWriter<W: Write> {
     w: W,
     clamp: Option<i64>,
     buf: Vec<u8>,
+    /// With [`TarWriter::recording_split`]: everything but file content.
+    split: Option<TarSplit>,
+}
+
+/// A tar stream with its file contents taken out: the exact header,
+/// padding and end-marker bytes, and for each regular file with content
+/// its entry path and size. With the files themselves (the directory the
+/// tar was extracted into), it gives back the identical stream; see
+/// [`super::split`]. Like tar-split in containers/storage, this lets a
+/// layer be kept unpacked only, its blob made when an image needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TarSplit {
+    /// In stream order.
+    pub records: Vec<SplitRecord>,
+}
+
+/// One piece of a [`TarSplit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitRecord {
+    /// Bytes of the stream as they are.
+    Raw(Vec<u8>),
+    /// `size` bytes of content of the regular file at `path` (the entry's
+    /// path, relative).
+    File {
+        /// Entry path.
+        path: String,
+        /// Content length.
+        size: u64,
+    },
+}
+
+impl TarSplit {
+    fn raw(&mut self, bytes: &[u8]) {
+        match self.records.last_mut() {
+            Some(SplitRecord::Raw(v)) => v.extend_from_slice(bytes),
+            _ => self.records.push(SplitRecord::Raw(bytes.to_vec())),
+        }
+    }
 }
 
 /// Everything a header is made of.
@@ -116,7 +154,24 @@ impl<W: Write> TarWriter<W> {
             w,
             clamp: clamp_mtime,
             buf: Vec::new(),
+            split: None,
         }
+    }
+
+    /// Also records the stream's [`TarSplit`], returned by
+    /// [`TarWriter::finish_with_split`].
+    pub fn recording_split(mut self) -> Self {
+        self.split = Some(TarSplit::default());
+        self
+    }
+
+    /// Writes bytes that are not file content.
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.w.write_all(bytes)?;
+        if let Some(split) = &mut self.split {
+            split.raw(bytes);
+        }
+        Ok(())
     }
 
     /// Writes a directory entry (`path/`).
@@ -153,6 +208,14 @@ impl<W: Write> TarWriter<W> {
         })?;
         if self.buf.len() < COPY_BUF {
             self.buf.resize(COPY_BUF, 0);
+        }
+        if let Some(split) = &mut self.split {
+            if size > 0 {
+                split.records.push(SplitRecord::File {
+                    path: path.clone(),
+                    size,
+                });
+            }
         }
         let mut left = size;
         while left > 0 {
@@ -290,9 +353,15 @@ impl<W: Write> TarWriter<W> {
 
     /// Writes the end-of-archive marker (two zero blocks) and returns `W`,
     /// unflushed.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.w.write_all(&[0u8; 2 * BLOCK])?;
-        Ok(self.w)
+    pub fn finish(self) -> io::Result<W> {
+        Ok(self.finish_with_split()?.0)
+    }
+
+    /// [`TarWriter::finish`], also returning the split when it was
+    /// recorded ([`TarWriter::recording_split`]).
+    pub fn finish_with_split(mut self) -> io::Result<(W, Option<TarSplit>)> {
+        self.put(&[0u8; 2 * BLOCK])?;
+        Ok((self.w, self.split))
     }
 
     /// The underlying writer, without an end-of-archive marker (for callers
@@ -304,7 +373,7 @@ impl<W: Write> TarWriter<W> {
     fn pad(&mut self, size: u64) -> io::Result<()> {
         let rem = (size % BLOCK as u64) as usize;
         if rem != 0 {
-            self.w.write_all(&[0u8; BLOCK][..BLOCK - rem])?;
+            self.put(&[0u8; BLOCK][..BLOCK - rem])?;
         }
         Ok(())
     }
@@ -393,7 +462,7 @@ impl<W: Write> TarWriter<W> {
             self.pax_block(h.path, &pax)?;
         }
         set_checksum(&mut block);
-        self.w.write_all(&block)
+        self.put(&block)
     }
 
     /// Writes a PAX `x` entry holding `records` for the entry `path`.
@@ -432,8 +501,8 @@ impl<W: Write> TarWriter<W> {
         put_octal(&mut block[329..337], 0);
         put_octal(&mut block[337..345], 0);
         set_checksum(&mut block);
-        self.w.write_all(&block)?;
-        self.w.write_all(&data)?;
+        self.put(&block)?;
+        self.put(&data)?;
         self.pad(data.len() as u64)
     }
 }

@@ -11,10 +11,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use rbuild_cache::layer::{
-    self, ApplyOptions, Compression, DeviceKind, EntryMeta, LayerDescriptor,
-};
+use rbuild_cache::layer::{self, ApplyOptions, DeviceKind, EntryMeta, LayerDescriptor};
 use rbuild_cache::Store;
 
 use crate::graph::{Chmod, Copy, FileAction, Owner};
@@ -134,7 +133,20 @@ pub fn run(
     // Unpacked archives are read while the layer is written: keep them until then.
     let _temps = std::mem::take(&mut plan.temps);
     let entries = plan.entries;
-    let desc = layer::write_layer(env.store, Compression::None, env.epoch, |tar| {
+    // Files copied out of snapshots (COPY --from a stage or an image) may
+    // be hard linked into this layer's snapshot instead of written again.
+    let snapshots = env.store.root().join("snapshots");
+    let links: BTreeMap<String, PathBuf> = entries
+        .iter()
+        .filter_map(|(path, entry)| match entry {
+            Planned::File { real, .. } if real.starts_with(&snapshots) => {
+                Some((path.trim_start_matches('/').to_string(), real.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let links = (!links.is_empty()).then(|| Arc::new(links));
+    let desc = layer::write_layer_snapshot(env.store, env.epoch, links, |tar| {
         for (path, entry) in &entries {
             let rel = path.trim_start_matches('/');
             if rel.is_empty() {
@@ -187,8 +199,18 @@ impl Plan<'_> {
     fn put(&mut self, path: &str, entry: Planned) {
         // A non-directory replacing a planned directory drops what was planned under it.
         if !entry.is_dir() {
+            // Everything under it sorts right after "path/" (a range, not
+            // a scan of the whole plan per file).
             let prefix = format!("{path}/");
-            self.entries.retain(|k, _| !k.starts_with(&prefix));
+            let under: Vec<String> = self
+                .entries
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in under {
+                self.entries.remove(&k);
+            }
         }
         self.entries.insert(path.to_string(), entry);
     }
@@ -434,6 +456,7 @@ impl Plan<'_> {
                 whiteouts: layer::Whiteouts::Keep,
                 chown: true,
                 same_owner_required: false,
+                links: None,
             },
         )
         .map_err(|e| ExecError::User(format!("unpacking {}: {e}", entry.path)))?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rbuild_cache::layer::LayerDescriptor;
+use rbuild_cache::layer::{self, LayerDescriptor};
 use rbuild_cache::store::{media, Descriptor, Index};
 use rbuild_cache::{Digest, Store};
 use serde::{Deserialize, Serialize};
@@ -338,8 +338,22 @@ impl Solver {
         let fs = solved.fs(st.root)?;
         // Never tag an image whose layers do not verify (a damaged base
         // layer is otherwise only noticed when something unpacks it).
+        // Layers kept as snapshots get their blobs now (hashed while
+        // written, so not verified again).
         for l in &fs.layers {
-            self.index().check_blob(self.store(), &l.digest)?;
+            match layer::materialize(self.store(), l) {
+                Ok(true) => self.index().record_verified(self.store(), &l.digest)?,
+                Ok(false) => self.index().check_blob(self.store(), &l.digest)?,
+                Err(rbuild_cache::Error::Corrupt(why)) => {
+                    // Gone, so the next build misses the step and redoes it.
+                    layer::discard_snapshot(self.store(), l);
+                    return Err(ExecError::User(format!(
+                        "a cached layer was damaged ({why}); it has been removed: \
+                         run the build again to rebuild it"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut history = self.history(graph, solved, stage)?;
         fill_history_times(&mut history);
