@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rbuild_cache::layer::Compression;
 use rbuild_cache::Store;
+use rbuild_solver::exec::error::ExecError;
 use rbuild_solver::exec::progress::{Event, Progress};
 use rbuild_solver::exec::{NamedInput, SolveOptions, Solved, Solver, StoredImage};
 use rbuild_solver::graph::{Graph, OpId};
@@ -80,12 +81,25 @@ pub fn run(
     );
     let target = graph.target;
     let root = graph.stages[target].root;
-    let solved = solver
-        .solve(&graph, root)
-        .map_err(|e| Failure::failed(e.to_string()))?;
-    let built = solver
-        .assemble(&graph, &solved, target)
-        .map_err(|e| Failure::failed(e.to_string()))?;
+    let solve = || -> Result<_, ExecError> {
+        let solved = solver.solve(&graph, root)?;
+        let built = solver.assemble(&graph, &solved, target)?;
+        Ok((solved, built))
+    };
+    let (solved, built) = match solve() {
+        // The damaged snapshot is gone: solving again misses it and
+        // rebuilds what made it, once.
+        Err(ExecError::DamagedCache(why)) => {
+            plan.progress.event(Event::Warning {
+                message: format!(
+                    "a cached layer was damaged ({why}); rebuilding the steps that made it"
+                ),
+            });
+            solve()
+        }
+        other => other,
+    }
+    .map_err(|e| Failure::failed(e.to_string()))?;
     let image = built.image;
     let store = plan.store.as_ref();
     let mtime = plan.solve.epoch.unwrap_or(0).max(0) as u64;

@@ -33,6 +33,9 @@ const ENTRIES: Def = TableDefinition::new("entries");
 /// Blob digest → the [`FileStamp`] its file had when its content was last
 /// verified.
 const VERIFIED: Def = TableDefinition::new("verified");
+/// A file op's definition digest → the diffID of the layer it last wrote:
+/// where an edit rebuild of the op finds files it can link, not copy.
+const LINEAGE: Def = TableDefinition::new("lineage");
 
 /// How long a call waits for another process to close the index.
 const WAIT_FOR_OTHERS: Duration = Duration::from_secs(120);
@@ -277,6 +280,13 @@ impl CacheIndex {
                 ))
             }
             Some(s) if entry.stamp.as_ref() == Some(&s) => None,
+            // Verified since the entry was made (a blob written from a
+            // snapshot when an image needed it, after the entry).
+            Some(s) if self.verified_stamp(&layer.digest)?.as_ref() == Some(&s) => {
+                entry.stamp = Some(s);
+                self.put(key, &entry)?;
+                None
+            }
             Some(_) => match store.verify_blob(&layer.digest) {
                 Ok(()) => {
                     entry.stamp = FileStamp::of(&path);
@@ -322,15 +332,43 @@ impl CacheIndex {
         let Some(now) = FileStamp::of(&path) else {
             return Err(Error::MissingBlob(digest.clone()));
         };
-        let known = self.read(VERIFIED, |table| {
-            let value = table.get(digest.as_str()).map_err(|e| self.err(e))?;
-            Ok(value.and_then(|v| serde_json::from_slice::<FileStamp>(v.value()).ok()))
-        })?;
-        if known.flatten() == Some(now) {
+        if self.verified_stamp(digest)? == Some(now) {
             return Ok(());
         }
         store.verify_blob(digest)?;
         self.record_verified(store, digest)
+    }
+
+    /// The diffID of the layer the op with definition `op` last wrote.
+    pub fn lineage(&self, op: &str) -> Result<Option<crate::Digest>> {
+        let found = self.read(LINEAGE, |table| {
+            let value = table.get(op).map_err(|e| self.err(e))?;
+            Ok(value.and_then(|v| {
+                std::str::from_utf8(v.value())
+                    .ok()
+                    .and_then(|s| crate::Digest::parse(s).ok())
+            }))
+        })?;
+        Ok(found.flatten())
+    }
+
+    /// Records that the op with definition `op` wrote the layer `diff_id`.
+    pub fn set_lineage(&self, op: &str, diff_id: &crate::Digest) -> Result<()> {
+        self.write(LINEAGE, |table| {
+            table
+                .insert(op, diff_id.as_str().as_bytes())
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    /// The blob's file as it was when it was last verified.
+    fn verified_stamp(&self, digest: &crate::Digest) -> Result<Option<FileStamp>> {
+        let known = self.read(VERIFIED, |table| {
+            let value = table.get(digest.as_str()).map_err(|e| self.err(e))?;
+            Ok(value.and_then(|v| serde_json::from_slice::<FileStamp>(v.value()).ok()))
+        })?;
+        Ok(known.flatten())
     }
 
     /// Stores `entry` under `key`.

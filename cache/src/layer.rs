@@ -10,6 +10,9 @@
 //! - [`apply_layer`] extracts a tar onto a directory, refusing entries that
 //!   would write outside it; [`snapshot`] unpacks a stored layer once into
 //!   `snapshots/` as an overlay lowerdir.
+//! - [`write_layer_snapshot`] writes a file op's layer as its snapshot only,
+//!   with the tar's [`TarSplit`] beside it; [`materialize`] makes the blob
+//!   from them when an image needs it (see the `lazy` module).
 
 mod apply;
 mod blob;
@@ -25,8 +28,10 @@ pub use blob::{
     open_layer, recompress_layer, sniff_archive, write_layer, Compression, LayerDescriptor,
     LayerSink, DOCKER_LAYER_ZSTD,
 };
-pub use lazy::{discard_snapshot, layer_available, materialize, write_layer_snapshot};
+pub use lazy::{
+    discard_snapshot, layer_available, materialize, snapshot_origins, write_layer_snapshot,
+};
 pub use snapshot::{
     snapshot, snapshot_dir, snapshot_info, SnapshotInfo, SNAPSHOT_MARKER, TAR_SPLIT_FILE,
 };
-pub use tar_writer::{DeviceKind, EntryMeta, SplitRecord, TarSplit, TarWriter};
+pub use tar_writer::{DeviceKind, EntryMeta, Origin, SplitRecord, TarSplit, TarWriter};

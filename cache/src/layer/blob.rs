@@ -139,7 +139,7 @@ fn threads() -> usize {
 }
 
 /// Bytes gathered before a chunk goes to the blob-writing thread.
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 /// Chunks in flight to the blob-writing thread (bounds memory).
 pub(super) const CHUNKS_IN_FLIGHT: usize = 8;
 

@@ -16,7 +16,7 @@
 //! written to after they are published.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -25,15 +25,15 @@ use sha2::{Digest as _, Sha256};
 
 use super::apply::{apply_layer, remove_tree, ApplyOptions, ApplyStats, OverlayXattr, Whiteouts};
 use super::blob::{
-    io_to_error, plain_sink, Compression, LayerDescriptor, LayerSink, CHUNKS_IN_FLIGHT,
+    io_to_error, plain_sink, Compression, LayerDescriptor, LayerSink, CHUNK, CHUNKS_IN_FLIGHT,
 };
 use super::snapshot::{
     new_tmp_dir, publish, snapshot_dir, snapshot_info, write_marker, SnapshotInfo, TAR_SPLIT_FILE,
 };
 use super::split::{read_split, write_split, SplitReader};
-use super::tar_writer::TarWriter;
+use super::tar_writer::{Origin, SplitRecord, TarWriter};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{BlobWriter, Store};
 use crate::Digest;
 
 /// Reads a tar stream arriving as chunks over a channel, hashing it.
@@ -196,6 +196,38 @@ fn split_layer(store: &Store, digest: &Digest, verify: bool) -> Result<Option<Sp
     SplitReader::new(split, &dir.join("fs"), digest.clone(), verify).map(Some)
 }
 
+/// The files of a layer kept as a snapshot that were read from source
+/// files known not to have changed while they were read: entry path →
+/// (where the file is in the snapshot, its source's [`Origin`]). Empty
+/// when the snapshot is not there or has no split. An op writing its layer
+/// again may link such a file when its source still has that origin (see
+/// [`super::ApplyOptions::links`], which also checks the metadata).
+pub fn snapshot_origins(store: &Store, diff_id: &Digest) -> BTreeMap<String, (PathBuf, Origin)> {
+    let mut out = BTreeMap::new();
+    let Some(info) = snapshot_info(store, diff_id) else {
+        return out;
+    };
+    if !info.tar_split {
+        return out;
+    }
+    let dir = snapshot_dir(store, diff_id);
+    let Ok(split) = read_split(&dir.join(TAR_SPLIT_FILE)) else {
+        return out;
+    };
+    let fs_dir = dir.join("fs");
+    for record in split.records {
+        if let SplitRecord::File {
+            path,
+            origin: Some(origin),
+            ..
+        } = record
+        {
+            out.insert(path.clone(), (fs_dir.join(&path), origin));
+        }
+    }
+    out
+}
+
 /// Makes sure the layer's blob is in the store, writing it from its
 /// snapshot if it was kept as one. True when it wrote it (its content was
 /// hashed on the way: no need to verify it again). A snapshot that no
@@ -208,15 +240,54 @@ pub fn materialize(store: &Store, layer: &LayerDescriptor) -> Result<bool> {
     let Some(mut reader) = split_layer(store, &layer.digest, false)? else {
         return Err(Error::MissingBlob(layer.digest.clone()));
     };
-    let mut blob = store.blob_writer()?.without_fsync();
+    let blob = store.blob_writer()?.without_fsync();
     let blob_tmp = store.root().join("tmp");
-    match io::copy(&mut reader, &mut blob) {
-        Ok(_) => {}
+    // Reading the snapshot and hashing + writing the blob overlap: the
+    // writer gets big chunks on a thread of its own.
+    let (tx, rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let (read, written) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> io::Result<BlobWriter<'_>> {
+            let mut blob = blob;
+            for chunk in rx {
+                blob.write_all(&chunk)?;
+            }
+            Ok(blob)
+        });
+        let read = (|| -> io::Result<()> {
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let mut len = 0;
+                while len < chunk.len() {
+                    match reader.read(&mut chunk[len..]) {
+                        Ok(0) => break,
+                        Ok(n) => len += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if len == 0 {
+                    return Ok(());
+                }
+                chunk.truncate(len);
+                if tx.send(chunk).is_err() {
+                    return Ok(()); // the writer failed: its error says why
+                }
+            }
+        })();
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("blob writer thread panicked")));
+        (read, written)
+    });
+    match read {
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
             return Err(Error::Corrupt(e.to_string()))
         }
         Err(e) => return Err(Error::io(&blob_tmp, e)),
     }
+    let blob = written.map_err(|e| Error::io(&blob_tmp, e))?;
     let (digest, _) = blob.commit()?;
     if digest != layer.digest {
         return Err(Error::Corrupt(format!(

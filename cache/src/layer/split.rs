@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha2::{Digest as _, Sha256};
 
-use super::tar_writer::{SplitRecord, TarSplit};
+use super::tar_writer::{Origin, SplitRecord, TarSplit};
 use crate::error::{Error, Result};
 use crate::Digest;
 
@@ -36,12 +36,25 @@ pub(crate) fn write_split(path: &Path, split: &TarSplit) -> Result<()> {
                     .map_err(io_err)?;
                 enc.write_all(bytes).map_err(io_err)?;
             }
-            SplitRecord::File { path: p, size } => {
-                enc.write_all(&[1]).map_err(io_err)?;
+            SplitRecord::File {
+                path: p,
+                size,
+                origin,
+            } => {
+                enc.write_all(&[if origin.is_some() { 2 } else { 1 }])
+                    .map_err(io_err)?;
                 enc.write_all(&(p.len() as u64).to_le_bytes())
                     .map_err(io_err)?;
                 enc.write_all(p.as_bytes()).map_err(io_err)?;
                 enc.write_all(&size.to_le_bytes()).map_err(io_err)?;
+                if let Some(o) = origin {
+                    for v in [o.dev, o.ino, o.size] {
+                        enc.write_all(&v.to_le_bytes()).map_err(io_err)?;
+                    }
+                    for v in [o.mtime_ns, o.ctime_ns] {
+                        enc.write_all(&v.to_le_bytes()).map_err(io_err)?;
+                    }
+                }
             }
         }
     }
@@ -87,12 +100,34 @@ pub(crate) fn read_split(path: &Path) -> Result<TarSplit> {
                 let n = read_u64(&mut r)?;
                 records.push(SplitRecord::Raw(read_bytes(&mut r, n)?));
             }
-            1 => {
+            t @ (1 | 2) => {
                 let n = read_u64(&mut r)?;
                 let p = String::from_utf8(read_bytes(&mut r, n)?)
                     .map_err(|_| corrupt("path is not UTF-8"))?;
                 let size = read_u64(&mut r)?;
-                records.push(SplitRecord::File { path: p, size });
+                let origin = if t == 2 {
+                    let (dev, ino, osize) =
+                        (read_u64(&mut r)?, read_u64(&mut r)?, read_u64(&mut r)?);
+                    let mut b = [0u8; 16];
+                    r.read_exact(&mut b).map_err(|_| corrupt("truncated"))?;
+                    let mtime_ns = i128::from_le_bytes(b);
+                    r.read_exact(&mut b).map_err(|_| corrupt("truncated"))?;
+                    let ctime_ns = i128::from_le_bytes(b);
+                    Some(Origin {
+                        dev,
+                        ino,
+                        size: osize,
+                        mtime_ns,
+                        ctime_ns,
+                    })
+                } else {
+                    None
+                };
+                records.push(SplitRecord::File {
+                    path: p,
+                    size,
+                    origin,
+                });
             }
             _ => return Err(corrupt("unknown record")),
         }
@@ -192,7 +227,7 @@ impl SplitReader {
             match self.records.next() {
                 None => return Ok(0),
                 Some(SplitRecord::Raw(bytes)) => self.current = Current::Raw(bytes, 0),
-                Some(SplitRecord::File { path, size }) => {
+                Some(SplitRecord::File { path, size, .. }) => {
                     let file = self.open(&path).map_err(|e| {
                         io::Error::new(
                             e.kind(),

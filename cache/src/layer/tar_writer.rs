@@ -125,7 +125,40 @@ pub enum SplitRecord {
         path: String,
         /// Content length.
         size: u64,
+        /// The file the content was read from, when it was known not to
+        /// change while it was read (see [`TarWriter::note_origin`]).
+        origin: Option<Origin>,
     },
+}
+
+/// Identity and change times of a source file, as `stat` gives them. A
+/// file whose `Origin` is unchanged still has the content read from it
+/// then: every write moves ctime, which nobody can set back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size.
+    pub size: u64,
+    /// mtime, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// ctime, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+}
+
+impl Origin {
+    /// The origin `md` describes.
+    pub fn of(md: &std::fs::Metadata) -> Origin {
+        Origin {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
+        }
+    }
 }
 
 impl TarSplit {
@@ -214,6 +247,7 @@ impl<W: Write> TarWriter<W> {
                 split.records.push(SplitRecord::File {
                     path: path.clone(),
                     size,
+                    origin: None,
                 });
             }
         }
@@ -253,6 +287,23 @@ impl<W: Write> TarWriter<W> {
             }
         }
         self.pad(size)
+    }
+
+    /// Records where the content of the file just written came from (for
+    /// a recorded split only): the caller checked the file did not change
+    /// while it was read.
+    pub fn note_origin(&mut self, origin: Origin) {
+        // The file's record is the last one but for its padding.
+        let last_file = self.split.as_mut().and_then(|s| {
+            s.records
+                .iter_mut()
+                .rev()
+                .take(2)
+                .find(|r| matches!(r, SplitRecord::File { .. }))
+        });
+        if let Some(SplitRecord::File { origin: o, .. }) = last_file {
+            *o = Some(origin);
+        }
     }
 
     /// Writes a symbolic link to `target` (stored as given).

@@ -20,6 +20,11 @@ pub enum ExecError {
     /// A registry failed.
     #[error(transparent)]
     Registry(#[from] rbuild_registry::Error),
+    /// A cached layer kept as a snapshot no longer gives its content (its
+    /// files were changed behind rbuild's back). The snapshot is gone, so
+    /// solving again rebuilds the steps that made it.
+    #[error("a cached layer was damaged: {0}")]
+    DamagedCache(String),
     /// A bug: an invariant of the graph did not hold.
     #[error("internal error: {0}")]
     Internal(String),

@@ -12,8 +12,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rbuild_cache::layer::{self, ApplyOptions, DeviceKind, EntryMeta, LayerDescriptor};
+use rbuild_cache::layer::{self, ApplyOptions, DeviceKind, EntryMeta, LayerDescriptor, Origin};
 use rbuild_cache::Store;
 
 use crate::graph::{Chmod, Copy, FileAction, Owner};
@@ -71,6 +72,10 @@ pub struct FileOpEnv<'a> {
     pub epoch: Option<i64>,
     /// The build's "now", for directories the op creates.
     pub now: i64,
+    /// The layer this op wrote last time (its definition unchanged, its
+    /// sources maybe not): files whose sources have not changed since are
+    /// linked from its snapshot instead of written again.
+    pub previous: Option<&'a rbuild_cache::Digest>,
 }
 
 /// Runs a file op on `dest` and writes its layer; `None` when the op
@@ -136,15 +141,27 @@ pub fn run(
     // Files copied out of snapshots (COPY --from a stage or an image) may
     // be hard linked into this layer's snapshot instead of written again.
     let snapshots = env.store.root().join("snapshots");
-    let links: BTreeMap<String, PathBuf> = entries
-        .iter()
-        .filter_map(|(path, entry)| match entry {
-            Planned::File { real, .. } if real.starts_with(&snapshots) => {
-                Some((path.trim_start_matches('/').to_string(), real.clone()))
+    // Files of a context are linked from the op's previous snapshot when
+    // their source is the very file (unchanged: same inode, size, mtime
+    // and ctime) that snapshot's copy was read from.
+    let previous = env
+        .previous
+        .map(|d| layer::snapshot_origins(env.store, d))
+        .unwrap_or_default();
+    let mut links: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (path, entry) in &entries {
+        let Planned::File { real, .. } = entry else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/');
+        if real.starts_with(&snapshots) {
+            links.insert(rel.to_string(), real.clone());
+        } else if let Some((at, origin)) = previous.get(rel) {
+            if std::fs::metadata(real).is_ok_and(|md| Origin::of(&md) == *origin) {
+                links.insert(rel.to_string(), at.clone());
             }
-            _ => None,
-        })
-        .collect();
+        }
+    }
     let links = (!links.is_empty()).then(|| Arc::new(links));
     let desc = layer::write_layer_snapshot(env.store, env.epoch, links, |tar| {
         for (path, entry) in &entries {
@@ -155,8 +172,21 @@ pub fn run(
             match entry {
                 Planned::Dir(m) => tar.dir(rel, m)?,
                 Planned::File { meta, real, size } => {
+                    let started = SystemTime::now();
                     let mut f = File::open(real)?;
-                    tar.file(rel, meta, *size, &mut f)?
+                    let before = f.metadata()?;
+                    tar.file(rel, meta, *size, &mut f)?;
+                    // Its origin is worth remembering only if it did not
+                    // change while read, and changed long enough before
+                    // that a change within the same clock tick is ruled out.
+                    let origin = Origin::of(&f.metadata()?);
+                    let settled = started
+                        .duration_since(UNIX_EPOCH)
+                        .map(|t| t.as_nanos() as i128 - RACY_NS)
+                        .is_ok_and(|limit| origin.ctime_ns < limit);
+                    if origin == Origin::of(&before) && settled {
+                        tar.note_origin(origin);
+                    }
                 }
                 Planned::Inline { meta, data } => {
                     tar.file(rel, meta, data.len() as u64, &mut data.as_slice())?
@@ -174,6 +204,10 @@ pub fn run(
     })?;
     Ok(Some(desc))
 }
+
+/// How long before a read a file's last change must be for its origin to
+/// be trusted (filesystem timestamps are coarser than a nanosecond).
+const RACY_NS: i128 = 1_000_000_000;
 
 fn meta(mode: u32, uid: u32, gid: u32, mtime: i64, mtime_nsec: u32) -> EntryMeta {
     EntryMeta {

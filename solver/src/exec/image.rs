@@ -347,10 +347,7 @@ impl Solver {
                 Err(rbuild_cache::Error::Corrupt(why)) => {
                     // Gone, so the next build misses the step and redoes it.
                     layer::discard_snapshot(self.store(), l);
-                    return Err(ExecError::User(format!(
-                        "a cached layer was damaged ({why}); it has been removed: \
-                         run the build again to rebuild it"
-                    )));
+                    return Err(ExecError::DamagedCache(why));
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -486,7 +486,7 @@ impl Solver {
                 Lookup::Miss => {}
             }
         }
-        let (value, added) = self.execute(op, kind, inputs)?;
+        let (value, added) = self.execute(op, kind, digest, inputs)?;
         if cacheable {
             let now = self.options.now;
             let entry = index::Entry {
@@ -532,10 +532,13 @@ impl Solver {
             .collect()
     }
 
+    /// Runs op `op`; `lineage` (its definition's digest) finds what the
+    /// same op wrote last time.
     fn execute(
         &self,
         op: OpId,
         kind: &OpKind,
+        lineage: &str,
         inputs: &[Value],
     ) -> Result<(Value, Option<LayerDescriptor>)> {
         let fs_input = |i: usize| -> Result<FsState> {
@@ -594,12 +597,18 @@ impl Solver {
                     });
                 }
                 let sources = self.sources(inputs, &views);
+                // A failure to read or record the lineage only costs links.
+                let previous = self.index.lineage(lineage).ok().flatten();
                 let env = fileop::FileOpEnv {
                     store: &self.store,
                     epoch: self.options.epoch,
                     now: self.options.now,
+                    previous: previous.as_ref(),
                 };
                 let added = fileop::run(env, &dest, &sources, &file.actions)?;
+                if let Some(l) = &added {
+                    let _ = self.index.set_lineage(lineage, &l.diff_id);
+                }
                 let mut layers = base.layers;
                 layers.extend(added.clone());
                 Ok((Value::Fs(FsState { layers }), added))
