@@ -67,7 +67,13 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
         .clone()
         .unwrap_or_else(Platform::host);
     let quiet = args.quiet || args.progress == Progress::Quiet;
-    let plain = (!quiet && call == Call::Build).then(|| Arc::new(crate::progress::Plain::new(0)));
+    let plain = (!quiet && call == Call::Build).then(|| {
+        Arc::new(if args.progress == Progress::Json {
+            crate::progress::Plain::json()
+        } else {
+            crate::progress::Plain::new(0)
+        })
+    });
     // Only a real build talks to registries: --call=check|graph|targets
     // answer from what is local.
     let remote = match (&store, call) {
@@ -155,10 +161,16 @@ fn build(
         plain,
         remote,
     } = output;
-    let progress: Arc<dyn rbuild_solver::exec::progress::Progress> = match &plain {
+    let mut progress: Arc<dyn rbuild_solver::exec::progress::Progress> = match &plain {
         Some(p) => p.clone(),
         None => Arc::new(crate::progress::Quiet),
     };
+    if let Some(path) = &args.logfile {
+        let log = crate::progress::LogFile::create(path, progress).map_err(|e| {
+            Failure::usage(format!("cannot write the log file {}: {e}", path.display()))
+        })?;
+        progress = Arc::new(log);
+    }
     let images = images_for(&resolver, &lowered.graph).map_err(Failure::failed)?;
     let mut named = std::mem::take(&mut resolver.named);
     if let Some(ctx) = input.context {
@@ -201,6 +213,8 @@ fn build(
         }
         serde_json::Value::Object(stats)
     };
+    // Agents started for key files live until the build is over.
+    let agents = crate::ssh::agents(&checked.ssh)?;
     let plan = crate::execute::BuildPlan {
         store,
         contexts: named,
@@ -209,6 +223,7 @@ fn build(
         outputs: &checked.outputs,
         iidfile: args.iidfile.clone(),
         secrets: load_secrets(&checked.secrets)?,
+        ssh: agents.sockets.clone(),
         metadata_file: args.metadata_file.clone(),
         solve: SolveOptions {
             jobs,
@@ -235,7 +250,14 @@ fn build(
     if quiet {
         println!("{}", result.image_id);
     } else {
-        eprintln!("built {}", result.image_id);
+        if args.progress == Progress::Json {
+            eprintln!(
+                "{}",
+                serde_json::json!({"event": "result", "image": result.image_id})
+            );
+        } else {
+            eprintln!("built {}", result.image_id);
+        }
     }
     Ok((ExitCode::SUCCESS, result.wrote))
 }
@@ -331,6 +353,7 @@ fn split_layout_spec(spec: &str) -> (String, Option<String>) {
 struct CheckedFlags {
     options: Options,
     secrets: Vec<options::SecretSpec>,
+    ssh: Vec<options::SshSpec>,
     unsupported: Vec<&'static str>,
     root: PathBuf,
     outputs: Vec<options::Output>,
@@ -382,8 +405,6 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     note(!cache_from.is_empty(), "--cache-from");
     note(!cache_to.is_empty(), "--cache-to");
 
-    note(!ssh.is_empty(), "--ssh");
-
     let options = Options {
         build_args,
         target: args.target.clone(),
@@ -432,6 +453,7 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     Ok(CheckedFlags {
         options,
         secrets,
+        ssh,
         unsupported,
         root,
         outputs,

@@ -54,6 +54,33 @@ pub enum Command {
     Du(DuArgs),
     /// Remove build cache (tagged images stay).
     Prune(PruneArgs),
+    /// Print a shell completion script: `source <(rbuild completion bash)`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the man page (roff) of rbuild or of one subcommand, or write
+    /// all of them into a directory: `rbuild man --dir /usr/local/share/man/man1`.
+    Man {
+        /// A subcommand (e.g. `build`); the top-level page without it.
+        #[arg(value_name = "SUBCOMMAND")]
+        subcommand: Option<String>,
+        /// Write `rbuild.1` and `rbuild-SUBCOMMAND.1` for every subcommand here.
+        #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Shells `rbuild completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `rbuild du` flags.
@@ -226,6 +253,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
 
+    /// Also write the whole build log (every step, every line of output, in
+    /// the `plain` format) to this file, whatever --progress shows.
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
+
     /// Instead of building: `targets` lists the stages, `check` runs the build
     /// checks, `graph` prints the build graph as JSON.
     #[arg(long, value_enum, default_value_t = Call::Build)]
@@ -281,5 +313,15 @@ pub enum Call {
 
 /// Subcommand names, for telling `rbuild PATH` apart from `rbuild SUBCOMMAND`.
 pub const SUBCOMMANDS: &[&str] = &[
-    "build", "images", "rmi", "inspect", "push", "pull", "du", "prune", "help",
+    "build",
+    "images",
+    "rmi",
+    "inspect",
+    "push",
+    "pull",
+    "du",
+    "prune",
+    "completion",
+    "man",
+    "help",
 ];

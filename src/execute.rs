@@ -39,6 +39,8 @@ pub struct BuildPlan<'a> {
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// Solve settings.
     pub solve: SolveOptions,
+    /// `--ssh` ids → agent sockets.
+    pub ssh: BTreeMap<String, std::path::PathBuf>,
     /// Where progress goes.
     pub progress: Arc<dyn Progress>,
     /// The plain printer, for the steps the CLI does itself.
@@ -76,6 +78,7 @@ pub fn run(
             Arc::clone(&plan.progress),
         )
         .with_secrets(plan.secrets)
+        .with_ssh(plan.ssh)
         .with_proxy_env(graph.proxy_env.clone())
         .with_no_cache_ops(no_cache_ops),
     );

@@ -11,6 +11,8 @@ mod manage;
 mod options;
 mod progress;
 mod remote;
+mod shell;
+mod ssh;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -74,6 +76,8 @@ fn main() -> ExitCode {
         Command::Prune(args) => {
             build::store_root(&cli).and_then(|root| housekeeping::prune(&root, args))
         }
+        Command::Completion { shell } => shell::completion(*shell),
+        Command::Man { subcommand, dir } => shell::man(subcommand.as_deref(), dir.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -1,16 +1,26 @@
 //! Progress display. `plain`: numbered lines per step as BuildKit prints
-//! them, for logs; `quiet`: nothing.
+//! them, for logs; `json`: the same events as one JSON object per line,
+//! for tools; `quiet`: nothing. `--logfile` copies every event to a file.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rbuild_solver::exec::progress::{Event, Progress};
+use serde_json::json;
 
-/// BuildKit-style numbered lines on stderr.
+/// Numbered step lines on stderr, as text (BuildKit's plain format) or as
+/// JSON lines:
+///
+/// - `{"event":"step","id":N,"name":…,"status":"started"}`
+/// - `{"event":"step","id":N,"status":"done","cached":bool,"seconds":f64}`
+/// - `{"event":"step","id":N,"status":"error","error":…}`
+/// - `{"event":"log","id":N,"line":…}` (a line of output, or of a pull/push)
+/// - `{"event":"warning","message":…}`
 pub struct Plain {
     state: Mutex<PlainState>,
+    json: bool,
 }
 
 struct PlainState {
@@ -19,13 +29,22 @@ struct PlainState {
 }
 
 impl Plain {
-    /// A printer; step numbers start after the steps the CLI printed itself.
+    /// A text printer; step numbers start after `first`.
     pub fn new(first: usize) -> Self {
         Plain {
             state: Mutex::new(PlainState {
                 next: first,
                 numbers: BTreeMap::new(),
             }),
+            json: false,
+        }
+    }
+
+    /// A JSON-lines printer.
+    pub fn json() -> Self {
+        Plain {
+            json: true,
+            ..Plain::new(0)
         }
     }
 
@@ -34,13 +53,11 @@ impl Plain {
     where
         E: std::fmt::Display,
     {
-        let n = self.allocate();
-        let start = Instant::now();
-        line(&format!("#{n} {name}\n"));
+        let step = self.start(name);
         let result = f();
         match &result {
-            Ok(_) => line(&format!("#{n} DONE {}\n\n", seconds(start.elapsed()))),
-            Err(e) => line(&format!("#{n} ERROR: {e}\n\n")),
+            Ok(_) => step.done(),
+            Err(e) => step.failed(&e.to_string()),
         }
         result
     }
@@ -48,10 +65,11 @@ impl Plain {
     /// Starts a step the CLI does itself whose lines come as it goes.
     pub fn start(&self, name: &str) -> Step {
         let n = self.allocate();
-        line(&format!("#{n} {name}\n"));
+        emit_started(self.json, n, name);
         Step {
             n,
             start: Instant::now(),
+            json: self.json,
         }
     }
 
@@ -60,6 +78,58 @@ impl Plain {
         s.next += 1;
         s.next
     }
+
+    fn number_of(&self, op: usize) -> usize {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.numbers.get(&op).copied())
+            .unwrap_or(0)
+    }
+}
+
+fn emit_started(json: bool, n: usize, name: &str) {
+    if json {
+        json_line(&json!({"event": "step", "id": n, "name": name, "status": "started"}));
+    } else {
+        line(&format!("#{n} {name}\n"));
+    }
+}
+
+fn emit_log(json: bool, n: usize, text: &str) {
+    if json {
+        json_line(&json!({"event": "log", "id": n, "line": text}));
+    } else {
+        line(&format!("#{n} {text}\n"));
+    }
+}
+
+fn emit_done(json: bool, n: usize, elapsed: Duration, cached: bool) {
+    if json {
+        json_line(&json!({
+            "event": "step",
+            "id": n,
+            "status": "done",
+            "cached": cached,
+            "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        }));
+    } else if cached {
+        line(&format!("#{n} CACHED\n\n"));
+    } else {
+        line(&format!("#{n} DONE {}\n\n", seconds(elapsed)));
+    }
+}
+
+fn emit_failed(json: bool, n: usize, error: &str) {
+    if json {
+        json_line(&json!({"event": "step", "id": n, "status": "error", "error": error}));
+    } else {
+        line(&format!("#{n} ERROR: {error}\n\n"));
+    }
+}
+
+fn json_line(value: &serde_json::Value) {
+    line(&format!("{value}\n"));
 }
 
 /// A step in progress (see [`Plain::start`]).
@@ -67,26 +137,23 @@ impl Plain {
 pub struct Step {
     n: usize,
     start: Instant,
+    json: bool,
 }
 
 impl Step {
     /// Prints a line under the step.
     pub fn log(&self, text: &str) {
-        line(&format!("#{} {text}\n", self.n));
+        emit_log(self.json, self.n, text);
     }
 
     /// Ends the step.
     pub fn done(&self) {
-        line(&format!(
-            "#{} DONE {}\n\n",
-            self.n,
-            seconds(self.start.elapsed())
-        ));
+        emit_done(self.json, self.n, self.start.elapsed(), false);
     }
 
     /// Ends the step with an error.
     pub fn failed(&self, error: &str) {
-        line(&format!("#{} ERROR: {error}\n\n", self.n));
+        emit_failed(self.json, self.n, error);
     }
 }
 
@@ -135,44 +202,110 @@ impl Progress for Plain {
                 if let Ok(mut s) = self.state.lock() {
                     s.numbers.insert(op, n);
                 }
-                line(&format!("#{n} {name}\n"));
+                emit_started(self.json, n, &name);
             }
             Event::Done {
                 op,
                 elapsed,
                 cached,
-            } => {
-                let n = self
-                    .state
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.numbers.get(&op).copied())
-                    .unwrap_or(0);
-                if cached {
-                    line(&format!("#{n} CACHED\n\n"));
+            } => emit_done(self.json, self.number_of(op), elapsed, cached),
+            Event::Failed { op, error } => emit_failed(self.json, self.number_of(op), &error),
+            Event::Log { op, line: text } => emit_log(self.json, self.number_of(op), &text),
+            Event::Warning { message } => {
+                if self.json {
+                    json_line(&json!({"event": "warning", "message": message}));
                 } else {
-                    line(&format!("#{n} DONE {}\n\n", seconds(elapsed)));
+                    line(&format!("WARNING: {message}\n"));
                 }
             }
-            Event::Failed { op, error } => {
-                let n = self
-                    .state
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.numbers.get(&op).copied())
-                    .unwrap_or(0);
-                line(&format!("#{n} ERROR: {error}\n\n"));
+        }
+    }
+}
+
+/// Writes every event, in the `plain` format, to a file, and passes it
+/// on: the complete log of a build (`--logfile`), never clipped.
+pub struct LogFile {
+    inner: Arc<dyn Progress>,
+    state: Mutex<LogState>,
+}
+
+struct LogState {
+    out: std::io::BufWriter<std::fs::File>,
+    next: usize,
+    numbers: BTreeMap<usize, usize>,
+    failed: bool,
+}
+
+impl LogFile {
+    /// Creates (truncates) `path`.
+    pub fn create(path: &std::path::Path, inner: Arc<dyn Progress>) -> std::io::Result<Self> {
+        let file = std::fs::File::create(path)?;
+        Ok(LogFile {
+            inner,
+            state: Mutex::new(LogState {
+                out: std::io::BufWriter::with_capacity(256 * 1024, file),
+                next: 0,
+                numbers: BTreeMap::new(),
+                failed: false,
+            }),
+        })
+    }
+}
+
+impl LogState {
+    fn number(&mut self, op: usize) -> usize {
+        if let Some(&n) = self.numbers.get(&op) {
+            return n;
+        }
+        self.next += 1;
+        self.numbers.insert(op, self.next);
+        self.next
+    }
+
+    fn write(&mut self, text: &str) {
+        if !self.failed && self.out.write_all(text.as_bytes()).is_err() {
+            // Said once, at the end of the file's usefulness.
+            self.failed = true;
+            eprintln!("warning: could not write the log file: the rest of the log is lost");
+        }
+    }
+}
+
+impl Progress for LogFile {
+    fn event(&self, event: Event) {
+        {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let text = match &event {
+                Event::Started { op, name } => format!("#{} {name}\n", s.number(*op)),
+                Event::Done {
+                    op,
+                    elapsed,
+                    cached,
+                } => {
+                    let n = s.number(*op);
+                    if *cached {
+                        format!("#{n} CACHED\n\n")
+                    } else {
+                        format!("#{n} DONE {}\n\n", seconds(*elapsed))
+                    }
+                }
+                Event::Failed { op, error } => format!("#{} ERROR: {error}\n\n", s.number(*op)),
+                Event::Log { op, line } => format!("#{} {line}\n", s.number(*op)),
+                Event::Warning { message } => format!("WARNING: {message}\n"),
+            };
+            s.write(&text);
+            if matches!(event, Event::Done { .. } | Event::Failed { .. }) {
+                let _ = s.out.flush();
             }
-            Event::Log { op, line: text } => {
-                let n = self
-                    .state
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.numbers.get(&op).copied())
-                    .unwrap_or(0);
-                line(&format!("#{n} {text}\n"));
-            }
-            Event::Warning { message } => line(&format!("WARNING: {message}\n")),
+        }
+        self.inner.event(event);
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        if let Ok(s) = self.state.get_mut() {
+            let _ = s.out.flush();
         }
     }
 }

@@ -133,6 +133,8 @@ pub struct Solver {
     progress: Arc<dyn Progress>,
     /// `--secret` values by id (never in a key, a log or a layer).
     secrets: BTreeMap<String, Vec<u8>>,
+    /// `--ssh` ids → agent sockets on the host.
+    ssh: BTreeMap<String, std::path::PathBuf>,
     /// Proxy settings for every RUN (`KEY=value`).
     proxy_env: Vec<String>,
     /// Set to stop running containers (Ctrl-C, another op failed).
@@ -167,6 +169,7 @@ impl Solver {
             options,
             progress,
             secrets: BTreeMap::new(),
+            ssh: BTreeMap::new(),
             proxy_env: Vec::new(),
             cancel: rbuild_sandbox::Cancel::default(),
             rootless: rbuild_sandbox::running_in_user_namespace(),
@@ -176,6 +179,12 @@ impl Solver {
     /// Secrets RUN --mount=type=secret can use.
     pub fn with_secrets(mut self, secrets: BTreeMap<String, Vec<u8>>) -> Self {
         self.secrets = secrets;
+        self
+    }
+
+    /// ssh agent sockets for `RUN --mount=type=ssh`, by id.
+    pub fn with_ssh(mut self, ssh: BTreeMap<String, std::path::PathBuf>) -> Self {
+        self.ssh = ssh;
         self
     }
 

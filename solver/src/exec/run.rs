@@ -326,12 +326,24 @@ impl Solver {
                 }
             }
             MountKind::Ssh { id, required, .. } => {
-                if *required {
-                    return Err(ExecError::Unsupported(format!(
-                        "RUN --mount=type=ssh (id {id})"
-                    )));
+                let Some(socket) = self.ssh.get(id) else {
+                    if *required {
+                        return Err(ExecError::User(format!(
+                            "no ssh agent for id {id:?} (give one with --ssh {id}[=SOCKET|KEY])"
+                        )));
+                    }
+                    return Ok(None);
+                };
+                // The agent's own socket, bound in: a rootless build's
+                // namespace root is its owner, a rootful one is root. As
+                // in BuildKit, the first ssh mount is SSH_AUTH_SOCK.
+                if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    env.push(format!("SSH_AUTH_SOCK={target}"));
                 }
-                return Ok(None);
+                sandbox::MountKind::Bind {
+                    source: socket.clone(),
+                    readonly: false,
+                }
             }
         };
         Ok(Some(sandbox::Mount { target, kind }))
