@@ -10,7 +10,7 @@ sudo_if_needed() {
 
 # Debian packages the tests use. Only missing ones are installed, so a
 # second run costs nothing.
-packages=(ca-certificates curl gcc libc6-dev skopeo umoci buildah zstd busybox-static debootstrap uidmap docker-registry apache2-utils openssl openssh-client)
+packages=(ca-certificates curl gcc libc6-dev skopeo umoci buildah zstd busybox-static debootstrap uidmap docker-registry apache2-utils openssl openssh-client tmux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

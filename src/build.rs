@@ -68,10 +68,14 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
         .unwrap_or_else(Platform::host);
     let quiet = args.quiet || args.progress == Progress::Quiet;
     let plain = (!quiet && call == Call::Build).then(|| {
-        Arc::new(if args.progress == Progress::Json {
-            crate::progress::Plain::json()
-        } else {
-            crate::progress::Plain::new(0)
+        use std::io::IsTerminal;
+        let terminal =
+            std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        Arc::new(match args.progress {
+            Progress::Json => crate::progress::Plain::json(),
+            Progress::Tty => crate::progress::Plain::tty(),
+            Progress::Auto if terminal => crate::progress::Plain::tty(),
+            _ => crate::progress::Plain::new(),
         })
     });
     // Only a real build talks to registries: --call=check|graph|targets

@@ -13,6 +13,7 @@ mod progress;
 mod remote;
 mod shell;
 mod ssh;
+mod tty;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -171,7 +171,7 @@ pub fn inspect(root: &std::path::Path, name: &str) -> Result<ExitCode, Failure> 
 }
 
 fn printer(quiet: bool, progress: crate::cli::Progress) -> Option<Arc<Plain>> {
-    (!quiet && progress != crate::cli::Progress::Quiet).then(|| Arc::new(Plain::new(0)))
+    (!quiet && progress != crate::cli::Progress::Quiet).then(|| Arc::new(Plain::new()))
 }
 
 /// `rbuild pull`: fetches an image into the store and tags it under its

@@ -1,6 +1,7 @@
 //! Progress display. `plain`: numbered lines per step as BuildKit prints
 //! them, for logs; `json`: the same events as one JSON object per line,
-//! for tools; `quiet`: nothing. `--logfile` copies every event to a file.
+//! for tools; `tty`: the live display ([`crate::tty`]); `quiet`: nothing.
+//! `--logfile` copies every event to a file.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,17 +11,27 @@ use std::time::{Duration, Instant};
 use rbuild_solver::exec::progress::{Event, Progress};
 use serde_json::json;
 
-/// Numbered step lines on stderr, as text (BuildKit's plain format) or as
-/// JSON lines:
+use crate::tty::Tty;
+
+/// Where step events go: numbered lines on stderr as text (BuildKit's
+/// plain format) or JSON lines, or the live terminal display. JSON lines:
 ///
 /// - `{"event":"step","id":N,"name":…,"status":"started"}`
 /// - `{"event":"step","id":N,"status":"done","cached":bool,"seconds":f64}`
 /// - `{"event":"step","id":N,"status":"error","error":…}`
 /// - `{"event":"log","id":N,"line":…}` (a line of output, or of a pull/push)
 /// - `{"event":"warning","message":…}`
+/// - `{"event":"result","image":…}` (last, from the build command)
 pub struct Plain {
     state: Mutex<PlainState>,
-    json: bool,
+    sink: Sink,
+}
+
+#[derive(Clone)]
+enum Sink {
+    Text,
+    Json,
+    Tty(Arc<Tty>),
 }
 
 struct PlainState {
@@ -29,23 +40,29 @@ struct PlainState {
 }
 
 impl Plain {
-    /// A text printer; step numbers start after `first`.
-    pub fn new(first: usize) -> Self {
+    fn with_sink(sink: Sink) -> Self {
         Plain {
             state: Mutex::new(PlainState {
-                next: first,
+                next: 0,
                 numbers: BTreeMap::new(),
             }),
-            json: false,
+            sink,
         }
     }
 
-    /// A JSON-lines printer.
+    /// Numbered text lines (`--progress=plain`).
+    pub fn new() -> Self {
+        Plain::with_sink(Sink::Text)
+    }
+
+    /// JSON lines (`--progress=json`).
     pub fn json() -> Self {
-        Plain {
-            json: true,
-            ..Plain::new(0)
-        }
+        Plain::with_sink(Sink::Json)
+    }
+
+    /// The live terminal display (`--progress=tty`).
+    pub fn tty() -> Self {
+        Plain::with_sink(Sink::Tty(Arc::new(Tty::new())))
     }
 
     /// Prints a step the CLI does itself (loading the Dockerfile, exporting).
@@ -65,11 +82,11 @@ impl Plain {
     /// Starts a step the CLI does itself whose lines come as it goes.
     pub fn start(&self, name: &str) -> Step {
         let n = self.allocate();
-        emit_started(self.json, n, name);
+        self.sink.started(n, name);
         Step {
             n,
             start: Instant::now(),
-            json: self.json,
+            sink: self.sink.clone(),
         }
     }
 
@@ -88,43 +105,62 @@ impl Plain {
     }
 }
 
-fn emit_started(json: bool, n: usize, name: &str) {
-    if json {
-        json_line(&json!({"event": "step", "id": n, "name": name, "status": "started"}));
-    } else {
-        line(&format!("#{n} {name}\n"));
+impl Default for Plain {
+    fn default() -> Self {
+        Plain::new()
     }
 }
 
-fn emit_log(json: bool, n: usize, text: &str) {
-    if json {
-        json_line(&json!({"event": "log", "id": n, "line": text}));
-    } else {
-        line(&format!("#{n} {text}\n"));
+impl Sink {
+    fn started(&self, n: usize, name: &str) {
+        match self {
+            Sink::Text => line(&format!("#{n} {name}\n")),
+            Sink::Json => {
+                json_line(&json!({"event": "step", "id": n, "name": name, "status": "started"}))
+            }
+            Sink::Tty(t) => t.started(n, name),
+        }
     }
-}
 
-fn emit_done(json: bool, n: usize, elapsed: Duration, cached: bool) {
-    if json {
-        json_line(&json!({
-            "event": "step",
-            "id": n,
-            "status": "done",
-            "cached": cached,
-            "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-        }));
-    } else if cached {
-        line(&format!("#{n} CACHED\n\n"));
-    } else {
-        line(&format!("#{n} DONE {}\n\n", seconds(elapsed)));
+    fn log(&self, n: usize, text: &str) {
+        match self {
+            Sink::Text => line(&format!("#{n} {text}\n")),
+            Sink::Json => json_line(&json!({"event": "log", "id": n, "line": text})),
+            Sink::Tty(t) => t.log(n, text),
+        }
     }
-}
 
-fn emit_failed(json: bool, n: usize, error: &str) {
-    if json {
-        json_line(&json!({"event": "step", "id": n, "status": "error", "error": error}));
-    } else {
-        line(&format!("#{n} ERROR: {error}\n\n"));
+    fn done(&self, n: usize, elapsed: Duration, cached: bool) {
+        match self {
+            Sink::Json => json_line(&json!({
+                "event": "step",
+                "id": n,
+                "status": "done",
+                "cached": cached,
+                "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            })),
+            Sink::Text if cached => line(&format!("#{n} CACHED\n\n")),
+            Sink::Text => line(&format!("#{n} DONE {}\n\n", seconds(elapsed))),
+            Sink::Tty(t) => t.done(n, elapsed, cached),
+        }
+    }
+
+    fn failed(&self, n: usize, error: &str) {
+        match self {
+            Sink::Text => line(&format!("#{n} ERROR: {error}\n\n")),
+            Sink::Json => {
+                json_line(&json!({"event": "step", "id": n, "status": "error", "error": error}))
+            }
+            Sink::Tty(t) => t.failed(n, error),
+        }
+    }
+
+    fn warning(&self, message: &str) {
+        match self {
+            Sink::Text => line(&format!("WARNING: {message}\n")),
+            Sink::Json => json_line(&json!({"event": "warning", "message": message})),
+            Sink::Tty(t) => t.warning(message),
+        }
     }
 }
 
@@ -133,27 +169,26 @@ fn json_line(value: &serde_json::Value) {
 }
 
 /// A step in progress (see [`Plain::start`]).
-#[derive(Debug)]
 pub struct Step {
     n: usize,
     start: Instant,
-    json: bool,
+    sink: Sink,
 }
 
 impl Step {
     /// Prints a line under the step.
     pub fn log(&self, text: &str) {
-        emit_log(self.json, self.n, text);
+        self.sink.log(self.n, text);
     }
 
     /// Ends the step.
     pub fn done(&self) {
-        emit_done(self.json, self.n, self.start.elapsed(), false);
+        self.sink.done(self.n, self.start.elapsed(), false);
     }
 
     /// Ends the step with an error.
     pub fn failed(&self, error: &str) {
-        emit_failed(self.json, self.n, error);
+        self.sink.failed(self.n, error);
     }
 }
 
@@ -202,22 +237,16 @@ impl Progress for Plain {
                 if let Ok(mut s) = self.state.lock() {
                     s.numbers.insert(op, n);
                 }
-                emit_started(self.json, n, &name);
+                self.sink.started(n, &name);
             }
             Event::Done {
                 op,
                 elapsed,
                 cached,
-            } => emit_done(self.json, self.number_of(op), elapsed, cached),
-            Event::Failed { op, error } => emit_failed(self.json, self.number_of(op), &error),
-            Event::Log { op, line: text } => emit_log(self.json, self.number_of(op), &text),
-            Event::Warning { message } => {
-                if self.json {
-                    json_line(&json!({"event": "warning", "message": message}));
-                } else {
-                    line(&format!("WARNING: {message}\n"));
-                }
-            }
+            } => self.sink.done(self.number_of(op), elapsed, cached),
+            Event::Failed { op, error } => self.sink.failed(self.number_of(op), &error),
+            Event::Log { op, line: text } => self.sink.log(self.number_of(op), &text),
+            Event::Warning { message } => self.sink.warning(&message),
         }
     }
 }

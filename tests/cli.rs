@@ -127,7 +127,7 @@ fn dockerfile_errors_exit_1_with_file_line_column() {
 #[test]
 fn flags_whose_feature_has_not_landed_are_refused() {
     for flag in [
-        &["--ssh", "default"][..],
+        &["--cache-from", "type=local,src=/tmp/x"][..],
         &["--cache-to", "type=local,dest=/tmp/x"],
     ] {
         rbuild()

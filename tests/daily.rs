@@ -446,3 +446,147 @@ fn plain_and_json_progress_match_their_golden_outputs() {
     let out = run("--progress=json");
     assert_eq!(json_steps(&out), cold, "{out}");
 }
+
+/// A tmux session running one command; killed on drop.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(name: &str, command: &str) -> Tmux {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", name])
+            .output();
+        let status = Command::new("tmux")
+            .args([
+                "-u",
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "150",
+                "-y",
+                "50",
+            ])
+            .arg(command)
+            .env("LANG", "C.UTF-8")
+            .status()
+            .expect("tmux");
+        assert!(status.success(), "tmux new-session failed");
+        Tmux {
+            name: name.to_string(),
+        }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls the screen until `done` holds for it (at most 60 s); every
+    /// screen seen is passed to `seen` first.
+    fn wait(&self, mut seen: impl FnMut(&str), done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let s = self.screen();
+            seen(&s);
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out; the screen:\n{s}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .output();
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn the_tty_display_shows_running_steps_ends_clean_and_keeps_a_failure_visible() {
+    if !root_only("the_tty_display_shows_running_steps_ends_clean_and_keeps_a_failure_visible") {
+        return;
+    }
+    if !have("tmux") {
+        eprintln!("note: tmux is missing: skipping the tty display test");
+        return;
+    }
+    let fx = Fx::new();
+    write_file(
+        &fx.ctx.join("Dockerfile"),
+        "FROM busybox\n\
+         RUN echo first-output-line && sleep 2 && echo second-output-line\n\
+         RUN echo last-step\n",
+    );
+    let command = |extra: &str| {
+        format!(
+            "{} build --root {} --progress=tty {} -t {TAG} {extra} {}; echo EXIT=$?; sleep 60",
+            shell_quote(&rbuild_bin().display().to_string()),
+            shell_quote(&fx.root.display().to_string()),
+            shell_quote(&busybox_flag()),
+            shell_quote(&fx.ctx.display().to_string()),
+        )
+    };
+    let session = format!("rbuild-tty-{}", std::process::id());
+    let tmux = Tmux::start(&session, &command(""));
+    // While the first RUN sleeps, the display shows it running with its
+    // output line under it.
+    let mut running = false;
+    let screen = tmux.wait(
+        |s| {
+            running |= s.lines().any(|l| l.contains("RUN echo first-output-line"))
+                && s.contains("│ first-output-line")
+                && !s.contains("EXIT=");
+        },
+        |s| s.contains("EXIT="),
+    );
+    assert!(
+        running,
+        "never saw the running step with its output; last screen:\n{screen}"
+    );
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    // The end: every step is one finished line, no output lines or
+    // spinners left, nothing drawn twice.
+    let steps: Vec<&str> = screen
+        .lines()
+        .filter(|l| l.contains("] RUN echo"))
+        .collect();
+    assert_eq!(steps.len(), 2, "{screen}");
+    assert!(steps.iter().all(|l| l.contains("DONE")), "{screen}");
+    assert!(
+        !screen.contains('│'),
+        "output lines left on the screen:\n{screen}"
+    );
+    assert!(
+        !screen.contains("[+]"),
+        "a step is still shown running:\n{screen}"
+    );
+    drop(tmux);
+
+    // A failing step: its output and error stay on the screen.
+    write_file(
+        &fx.ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo failing-step-output && exit 3\n",
+    );
+    let tmux = Tmux::start(&session, &command("--no-cache"));
+    let screen = tmux.wait(|_| {}, |s| s.contains("EXIT="));
+    assert!(screen.contains("EXIT=1"), "{screen}");
+    assert!(screen.contains("failing-step-output"), "{screen}");
+    assert!(screen.contains("exit code: 3"), "{screen}");
+}
