@@ -228,6 +228,8 @@ fn build(
         iidfile: args.iidfile.clone(),
         secrets: load_secrets(&checked.secrets)?,
         ssh: agents.sockets.clone(),
+        cache_from: &checked.cache_from,
+        cache_to: &checked.cache_to,
         metadata_file: args.metadata_file.clone(),
         solve: SolveOptions {
             jobs,
@@ -356,6 +358,8 @@ fn split_layout_spec(spec: &str) -> (String, Option<String>) {
 /// Flag values after checking, and the flags whose feature is not there yet.
 struct CheckedFlags {
     options: Options,
+    cache_from: Vec<options::CacheSpec>,
+    cache_to: Vec<options::CacheSpec>,
     secrets: Vec<options::SecretSpec>,
     ssh: Vec<options::SshSpec>,
     unsupported: Vec<&'static str>,
@@ -405,9 +409,14 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
             unsupported.push(flag);
         }
     };
-
-    note(!cache_from.is_empty(), "--cache-from");
-    note(!cache_to.is_empty(), "--cache-to");
+    note(
+        cache_from.iter().any(|c| c.kind == "inline"),
+        "--cache-from type=inline",
+    );
+    note(
+        cache_to.iter().any(|c| c.kind == "inline"),
+        "--cache-to type=inline",
+    );
 
     let options = Options {
         build_args,
@@ -456,6 +465,8 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     }
     Ok(CheckedFlags {
         options,
+        cache_from,
+        cache_to,
         secrets,
         ssh,
         unsupported,

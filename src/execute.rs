@@ -41,6 +41,10 @@ pub struct BuildPlan<'a> {
     pub solve: SolveOptions,
     /// `--ssh` ids → agent sockets.
     pub ssh: BTreeMap<String, std::path::PathBuf>,
+    /// `--cache-from` caches.
+    pub cache_from: &'a [crate::options::CacheSpec],
+    /// `--cache-to` caches.
+    pub cache_to: &'a [crate::options::CacheSpec],
     /// Where progress goes.
     pub progress: Arc<dyn Progress>,
     /// The plain printer, for the steps the CLI does itself.
@@ -69,8 +73,11 @@ pub fn run(
 ) -> Result<BuildResult, Failure> {
     let graph = Arc::new(graph);
     let no_cache_ops = no_cache_ops(&graph, plan.no_cache_filter, plan.progress.as_ref());
-    let solver = Arc::new(
-        Solver::new(
+    let progress = Arc::clone(&plan.progress);
+    let warn = move |message: String| progress.event(Event::Warning { message });
+    let imported = crate::cache_io::import(plan.cache_from, &plan.store, plan.remote, &warn)?;
+    let solver = Arc::new({
+        let solver = Solver::new(
             Arc::clone(&plan.store),
             plan.contexts,
             plan.images,
@@ -80,8 +87,12 @@ pub fn run(
         .with_secrets(plan.secrets)
         .with_ssh(plan.ssh)
         .with_proxy_env(graph.proxy_env.clone())
-        .with_no_cache_ops(no_cache_ops),
-    );
+        .with_no_cache_ops(no_cache_ops);
+        match imported {
+            Some((entries, fetcher)) => solver.with_cache_import(entries, fetcher),
+            None => solver,
+        }
+    });
     let target = graph.target;
     let root = graph.stages[target].root;
     let solve = || -> Result<_, ExecError> {
@@ -209,6 +220,7 @@ pub fn run(
     if plan.push {
         reported = push_to(plan.remote, &image, &names, Encoding::default())?;
     }
+    crate::cache_io::export(plan.cache_to, store, &graph, &solved, &solver, plan.remote)?;
 
     let image_id = image.config_digest.to_string();
     if let Some(path) = &plan.iidfile {
@@ -233,6 +245,12 @@ pub fn run(
         }
         metadata.insert("rbuild.context".into(), context_stats());
         metadata.insert("rbuild.steps".into(), steps(&graph, &solved));
+        let fetched: Vec<String> = solver
+            .fetched_layers()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        metadata.insert("rbuild.cache.fetched".into(), fetched.into());
         let text =
             serde_json::to_string_pretty(&metadata).map_err(|e| Failure::failed(e.to_string()))?;
         std::fs::write(path, text)

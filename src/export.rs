@@ -60,7 +60,7 @@ pub struct ExportedImage {
 
 /// The layer of `l` compressed as asked, compressing it at most once per
 /// (diffID, compression): the result is remembered in the store.
-fn compressed_layer(
+pub fn compressed_layer(
     store: &Store,
     l: &LayerDescriptor,
     compression: Compression,

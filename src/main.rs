@@ -1,6 +1,7 @@
 //! The `rbuild` command.
 
 mod build;
+mod cache_io;
 mod cli;
 mod diagnostic;
 mod execute;

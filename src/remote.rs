@@ -85,6 +85,59 @@ impl Remote {
         })
     }
 
+    /// The registry client (shared with fetches made from other threads).
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Fetches `target`'s manifest (not an index): its bytes.
+    pub fn manifest_bytes(&self, target: &Target) -> Result<Vec<u8>, String> {
+        let m = self
+            .runtime
+            .block_on(self.registry.manifest(target))
+            .map_err(|e| e.to_string())?;
+        if m.is_index() {
+            return Err(format!("{target} is an index, not a cache manifest"));
+        }
+        Ok(m.bytes.to_vec())
+    }
+
+    /// Fetches one blob of `target`'s repository into the store.
+    pub fn fetch_blob(&self, target: &Target, blob: &Descriptor) -> Result<(), String> {
+        if self.store.has_blob(&blob.digest) {
+            return Ok(());
+        }
+        self.runtime
+            .block_on(pull::fetch_blob(&self.registry, &self.store, target, blob))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Pushes blobs already in the store, then a manifest naming them, as
+    /// one step of the progress.
+    pub fn push_exported(
+        &self,
+        exported: &ExportedImage,
+        target: &Target,
+        what: &str,
+    ) -> Result<(), String> {
+        let step = self.step(&format!("{what} {target}"));
+        let result = self
+            .store
+            .read_blob(&exported.manifest.digest)
+            .map_err(|e| e.to_string())
+            .and_then(|manifest| {
+                self.runtime
+                    .block_on(self.push_one(exported, &manifest, target, step.as_deref()))
+            });
+        if let Some(s) = &step {
+            match &result {
+                Ok(()) => s.done(),
+                Err(e) => s.failed(e),
+            }
+        }
+        result
+    }
+
     fn step(&self, name: &str) -> Option<Arc<Step>> {
         self.plain.as_ref().map(|p| Arc::new(p.start(name)))
     }

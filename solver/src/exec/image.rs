@@ -336,6 +336,7 @@ impl Solver {
     pub fn assemble(&self, graph: &Graph, solved: &Solved, stage: usize) -> Result<Built> {
         let st = &graph.stages[stage];
         let fs = solved.fs(st.root)?;
+        self.ensure_local(&fs.layers)?;
         // Never tag an image whose layers do not verify (a damaged base
         // layer is otherwise only noticed when something unpacks it).
         // Layers kept as snapshots get their blobs now (hashed while

@@ -14,7 +14,7 @@ mod run;
 pub mod source;
 pub mod user;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -124,6 +124,22 @@ struct Outcome {
     created: i64,
 }
 
+/// A cache entry another store exported (`--cache-from`): the step's
+/// result, its layer's blob fetched only if something needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedEntry {
+    /// The layer the step added, as the cache holds it.
+    pub layer: Option<LayerDescriptor>,
+    /// When the step ran (Unix seconds).
+    pub created: i64,
+    /// Its progress name, for `rbuild du`.
+    pub description: String,
+}
+
+/// Fetches an imported layer's blob into the store (verified).
+pub type LayerFetcher =
+    Arc<dyn Fn(&LayerDescriptor) -> std::result::Result<(), String> + Send + Sync>;
+
 /// Runs graphs against a store.
 pub struct Solver {
     store: Arc<Store>,
@@ -147,6 +163,13 @@ pub struct Solver {
     hits: Mutex<Vec<String>>,
     /// Ops `--no-cache-filter` names: run again even when cached.
     no_cache_ops: BTreeSet<OpId>,
+    /// `--cache-from` entries by key, and how to fetch their layers.
+    imported: HashMap<String, ImportedEntry>,
+    fetcher: Option<LayerFetcher>,
+    /// Imported layers this build reused (digest → key), fetched when needed.
+    imported_used: Mutex<HashMap<rbuild_cache::Digest, String>>,
+    /// Imported layers fetched, in order.
+    fetched: Mutex<Vec<rbuild_cache::Digest>>,
 }
 
 impl Solver {
@@ -163,6 +186,10 @@ impl Solver {
             index: CacheIndex::new(&store),
             hits: Mutex::default(),
             no_cache_ops: BTreeSet::new(),
+            imported: HashMap::new(),
+            fetcher: None,
+            imported_used: Mutex::default(),
+            fetched: Mutex::default(),
             store,
             contexts,
             images,
@@ -180,6 +207,60 @@ impl Solver {
     pub fn with_secrets(mut self, secrets: BTreeMap<String, Vec<u8>>) -> Self {
         self.secrets = secrets;
         self
+    }
+
+    /// Cache entries from `--cache-from`, consulted when the store has no
+    /// entry for a key; `fetcher` gets a reused layer's blob once a step,
+    /// or the image, needs its content.
+    pub fn with_cache_import(
+        mut self,
+        entries: HashMap<String, ImportedEntry>,
+        fetcher: LayerFetcher,
+    ) -> Self {
+        self.imported = entries;
+        self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// The imported layers this build fetched, in order.
+    pub fn fetched_layers(&self) -> Vec<rbuild_cache::Digest> {
+        self.fetched.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Fetches the blobs of reused imported layers among `layers` that the
+    /// store lacks, and records their entries in the local cache.
+    pub fn ensure_local(&self, layers: &[LayerDescriptor]) -> Result<()> {
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(());
+        };
+        for l in layers {
+            if layer::layer_available(&self.store, l) {
+                continue;
+            }
+            let key = self
+                .imported_used
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&l.digest).cloned());
+            let Some(key) = key else { continue };
+            fetcher(l).map_err(|e| {
+                ExecError::User(format!("fetching cached layer {} failed: {e}", l.digest))
+            })?;
+            if let Ok(mut f) = self.fetched.lock() {
+                f.push(l.digest.clone());
+            }
+            if let Some(e) = self.imported.get(&key) {
+                let entry = index::Entry {
+                    stamp: FileStamp::of(&self.store.blob_path(&l.digest)),
+                    layer: Some(l.clone()),
+                    created: e.created,
+                    last_used: self.options.now,
+                    description: e.description.clone(),
+                };
+                self.index.put(&key, &entry)?;
+            }
+        }
+        Ok(())
     }
 
     /// ssh agent sockets for `RUN --mount=type=ssh`, by id.
@@ -494,6 +575,36 @@ impl Solver {
                 }),
                 Lookup::Miss => {}
             }
+            if let Some(e) = self.imported.get(&key) {
+                if let Some(l) = &e.layer {
+                    if let Ok(mut used) = self.imported_used.lock() {
+                        used.insert(l.digest.clone(), key.clone());
+                    }
+                } else {
+                    // Nothing to fetch: the entry is as good as local.
+                    let entry = index::Entry {
+                        stamp: None,
+                        layer: None,
+                        created: e.created,
+                        last_used: self.options.now,
+                        description: e.description.clone(),
+                    };
+                    self.index.put(&key, &entry)?;
+                }
+                let mut layers = match inputs.first() {
+                    Some(Value::Fs(fs)) => fs.layers.clone(),
+                    _ => Vec::new(),
+                };
+                layers.extend(e.layer.clone());
+                return Ok(Outcome {
+                    value: Value::Fs(FsState { layers }),
+                    added: e.layer.clone(),
+                    key,
+                    cached: true,
+                    times: (now, now),
+                    created: e.created,
+                });
+            }
         }
         let (value, added) = self.execute(op, kind, digest, inputs)?;
         if cacheable {
@@ -642,6 +753,7 @@ impl Solver {
     /// The union view of a filesystem, unpacking layers that have no
     /// snapshot yet.
     pub fn view(&self, fs: &FsState) -> Result<FsView> {
+        self.ensure_local(&fs.layers)?;
         let mut roots = Vec::with_capacity(fs.layers.len());
         let mut implicit = Vec::with_capacity(fs.layers.len());
         for l in &fs.layers {

@@ -170,6 +170,17 @@ pub async fn pull(
     })
 }
 
+/// Fetches one blob of `target`'s repository into the store, verified
+/// (a layer of a registry cache, say).
+pub async fn fetch_blob(
+    registry: &Registry,
+    store: &Store,
+    target: &Target,
+    blob: &Descriptor,
+) -> Result<()> {
+    fetch(registry, store, target, blob, Arc::new(|_| {})).await
+}
+
 async fn fetch(
     registry: &Registry,
     store: &Store,

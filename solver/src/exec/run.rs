@@ -241,6 +241,7 @@ impl Solver {
 
     /// The snapshot directories of a filesystem's layers, bottom first.
     fn snapshots(&self, fs: &FsState) -> Result<Vec<PathBuf>> {
+        self.ensure_local(&fs.layers)?;
         fs.layers
             .iter()
             .map(|l| Ok(layer::snapshot(self.store(), l)?))

@@ -1,0 +1,197 @@
+//! Build cache between machines: `--cache-to` on one store, `--cache-from`
+//! on a fresh one, through Debian's `docker-registry` on a loopback port and
+//! through an OCI layout directory. Asserted through `--metadata-file`:
+//! which steps were cached (`rbuild.steps`) and which cached layers were
+//! downloaded (`rbuild.cache.fetched`). Skipped with a note when not root
+//! (RUN needs the rootful sandbox here).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::registry::*;
+use common::*;
+use serde_json::Value;
+
+const TAG: &str = "img:latest";
+
+const DOCKERFILE: &str = "FROM busybox AS build\n\
+     RUN echo built > /built && head -c 200000 /dev/urandom > /big\n\
+     FROM busybox\n\
+     COPY --from=build /built /built\n\
+     RUN cat /built /built > /final\n";
+
+struct Fx {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    ctx: PathBuf,
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let tmp = tempfile::Builder::new()
+            .prefix("rbuild-cacheshare")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let ctx = dir.join("ctx");
+        write_file(&ctx.join("Dockerfile"), DOCKERFILE);
+        Fx {
+            _tmp: tmp,
+            dir,
+            ctx,
+        }
+    }
+
+    /// Builds into store `name` with `args`; returns the metadata.
+    fn build(&self, name: &str, args: &[&str]) -> Value {
+        let meta = self.dir.join(format!("{name}.json"));
+        let _ = std::fs::remove_file(&meta);
+        ok(build(&self.dir.join(name))
+            .arg(busybox_flag())
+            .args(["-t", TAG, "--metadata-file"])
+            .arg(&meta)
+            .args(args)
+            .arg(&self.ctx));
+        read_json(&meta)
+    }
+}
+
+fn steps(meta: &Value) -> Vec<(String, bool, Option<String>)> {
+    meta["rbuild.steps"]
+        .as_array()
+        .expect("rbuild.steps")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["cached"].as_bool().unwrap(),
+                s.get("layer").and_then(|l| l.as_str()).map(str::to_string),
+            )
+        })
+        .filter(|(n, _, _)| !n.starts_with("[internal]") && !n.starts_with("[context "))
+        .collect()
+}
+
+fn cached(meta: &Value, needle: &str) -> bool {
+    let found: Vec<_> = steps(meta)
+        .into_iter()
+        .filter(|(n, _, _)| n.contains(needle))
+        .collect();
+    assert_eq!(found.len(), 1, "one step like {needle:?} in {meta:#}");
+    found[0].1
+}
+
+fn fetched(meta: &Value) -> BTreeSet<String> {
+    meta["rbuild.cache.fetched"]
+        .as_array()
+        .expect("rbuild.cache.fetched")
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The layers the final stage's own steps added.
+fn final_stage_layers(meta: &Value) -> BTreeSet<String> {
+    steps(meta)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with("[stage-1 "))
+        .filter_map(|(_, _, l)| l)
+        .collect()
+}
+
+fn check_image(root: &Path) {
+    let img = StoredImage::load(root, TAG);
+    assert_eq!(img.text("/final"), "built\nbuilt\n");
+    assert_eq!(img.text("/built"), "built\n");
+    assert!(!img.has("/big"));
+}
+
+/// Exports with `to(mode)` from one store, imports with `from(mode)` into
+/// fresh ones, for both modes.
+fn share(fx: &Fx, to: &dyn Fn(&str) -> String, from: &dyn Fn(&str) -> String) {
+    for mode in ["max", "min"] {
+        let first = fx.build(&format!("a-{mode}"), &["--cache-to", &to(mode)]);
+        assert!(steps(&first).iter().all(|(_, c, _)| !c), "{first:#}");
+        let second = fx.build(&format!("b-{mode}"), &["--cache-from", &from(mode)]);
+        // The final stage is in either cache: nothing of it runs.
+        assert!(cached(&second, "COPY --from=build"), "{mode}: {second:#}");
+        assert!(cached(&second, "RUN cat"), "{mode}: {second:#}");
+        // The build stage only in mode=max.
+        assert_eq!(
+            cached(&second, "RUN echo built"),
+            mode == "max",
+            "{mode}: {second:#}"
+        );
+        // Only what the image is made of was downloaded: never the build
+        // stage's layer, which no step needed.
+        assert_eq!(
+            fetched(&second),
+            final_stage_layers(&second),
+            "{mode}: {second:#}"
+        );
+        check_image(&fx.dir.join(format!("b-{mode}")));
+        // And the fetched entries are local now: a rebuild without the
+        // cache reuses them (the build stage, never fetched, runs again:
+        // the solver runs every input of a step before looking the step
+        // up).
+        let third = fx.build(&format!("b-{mode}"), &[]);
+        assert!(cached(&third, "COPY --from=build"), "{mode}: {third:#}");
+        assert!(cached(&third, "RUN cat"), "{mode}: {third:#}");
+        assert!(fetched(&third).is_empty());
+    }
+}
+
+#[test]
+fn a_registry_cache_gives_a_fresh_store_every_step_and_only_the_image_layers() {
+    if !is_root() {
+        eprintln!("note: not root: skipping the registry cache test");
+        return;
+    }
+    if !registry_tools("the registry cache test") {
+        return;
+    }
+    let fx = Fx::new();
+    let reg = Registry::start(None);
+    let r = |mode: &str| reg.reference(&format!("cache/app:{mode}"));
+    share(
+        &fx,
+        &|mode| format!("type=registry,ref={},mode={mode}", r(mode)),
+        &|mode| format!("type=registry,ref={}", r(mode)),
+    );
+    // The cache is an OCI image manifest whose config is the cache's.
+    let out = ok(tool("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}", r("max")),
+    ]));
+    let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.rbuild.cache.config.v1+json"
+    );
+}
+
+#[test]
+fn a_local_cache_gives_a_fresh_store_every_step_and_only_the_image_layers() {
+    if !is_root() {
+        eprintln!("note: not root: skipping the local cache test");
+        return;
+    }
+    let fx = Fx::new();
+    let dir = |mode: &str| fx.dir.join(format!("cache-{mode}")).display().to_string();
+    share(
+        &fx,
+        &|mode| format!("type=local,dest={},mode={mode}", dir(mode)),
+        &|mode| format!("type=local,src={}", dir(mode)),
+    );
+    // A cache that is not there is a warning, not a failure.
+    let meta = fx.build("c", &["--cache-from", "type=local,src=/nonexistent/cache"]);
+    assert!(steps(&meta).iter().all(|(_, c, _)| !c));
+}
