@@ -113,11 +113,6 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
         Call::Build => {
             print_warnings(source, &lowered);
             fail_on_lint_errors(&lowered)?;
-            if let Some(flag) = checked.unsupported.first() {
-                return Err(Failure::usage(format!(
-                    "{flag} is not supported yet by this version of rbuild"
-                )));
-            }
             let (Some(store), Some(resolver)) = (store.clone(), resolver) else {
                 return Err(Failure::failed("the store is not open"));
             };
@@ -362,7 +357,6 @@ struct CheckedFlags {
     cache_to: Vec<options::CacheSpec>,
     secrets: Vec<options::SecretSpec>,
     ssh: Vec<options::SshSpec>,
-    unsupported: Vec<&'static str>,
     root: PathBuf,
     outputs: Vec<options::Output>,
     contexts: BTreeMap<String, options::ContextValue>,
@@ -403,20 +397,11 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
     }
     let root = store_root(cli)?;
 
-    let mut unsupported = Vec::new();
-    let mut note = |used: bool, flag: &'static str| {
-        if used {
-            unsupported.push(flag);
-        }
-    };
-    note(
-        cache_from.iter().any(|c| c.kind == "inline"),
-        "--cache-from type=inline",
-    );
-    note(
-        cache_to.iter().any(|c| c.kind == "inline"),
-        "--cache-to type=inline",
-    );
+    if cache_from.iter().any(|c| c.kind == "inline") {
+        return Err(Failure::usage(
+            "--cache-from type=inline: an image's inline cache is read with --cache-from type=registry,ref=IMAGE",
+        ));
+    }
 
     let options = Options {
         build_args,
@@ -469,7 +454,6 @@ fn check_flags(cli: &Cli, args: &BuildArgs) -> Result<CheckedFlags, Failure> {
         cache_to,
         secrets,
         ssh,
-        unsupported,
         root,
         outputs,
         contexts,

@@ -21,7 +21,7 @@ use rbuild_cache::{Digest, Store};
 use rbuild_registry::{Registry, Target};
 use rbuild_solver::exec::pull;
 use rbuild_solver::exec::{ImportedEntry, LayerFetcher, Solved, Solver};
-use rbuild_solver::graph::{Base, Graph, OpId, OpKind};
+use rbuild_solver::graph::Graph;
 use serde::{Deserialize, Serialize};
 
 use crate::export::{compressed_layer, ExportedImage};
@@ -40,6 +40,20 @@ struct CacheConfig {
     /// Format version.
     version: u32,
     records: Vec<Record>,
+    /// `RUN --mount=type=cache` contents, with `cache-mounts=true`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mounts: Vec<MountRecord>,
+}
+
+/// The contents of one cache mount: a layer of its directory's files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MountRecord {
+    id: String,
+    layer: LayerDescriptor,
+    /// Mode, owner and group of the directory itself.
+    mode: u32,
+    uid: u32,
+    gid: u32,
 }
 
 /// One cache entry.
@@ -128,6 +142,18 @@ pub fn import(
                 continue;
             }
         };
+        if flag(spec, "cache-mounts")? {
+            let source = match &loc {
+                Location::Registry(t) => Source::Registry(t.clone()),
+                Location::Local(d) => Source::Local(d.clone()),
+            };
+            let registry = remote.map(Remote::registry);
+            for m in &config.mounts {
+                if let Err(e) = import_mount(store, registry.as_ref(), &source, m) {
+                    warn(format!("cache mount {:?} was not imported: {e}", m.id));
+                }
+            }
+        }
         for r in config.records {
             if let Some(l) = &r.layer {
                 let source = match &loc {
@@ -197,6 +223,98 @@ fn fetch(
     }
 }
 
+/// A boolean attribute (`true`/`false`, absent is false).
+fn flag(spec: &CacheSpec, name: &str) -> Result<bool, Failure> {
+    match spec.attrs.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(Failure::usage(format!(
+            "{name}={other}: expected true or false"
+        ))),
+    }
+}
+
+/// Layers of the cache mounts the build's steps use that exist here.
+fn export_mounts(
+    store: &Store,
+    graph: &Graph,
+    loc: &Location,
+) -> Result<Vec<MountRecord>, Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for id in rbuild_solver::exec::run::cache_mount_ids(graph) {
+        let dir = store
+            .root()
+            .join("cachemounts")
+            .join(rbuild_solver::exec::run::cache_mount_key(&id));
+        let Ok(md) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let lower = |_: &str| None;
+        let Some(l) = rbuild_solver::exec::diff::write_upper_layer(
+            store,
+            &dir,
+            &std::collections::HashSet::new(),
+            &lower,
+            None,
+        )
+        .map_err(failed)?
+        else {
+            continue;
+        };
+        let l = match loc {
+            Location::Registry(_) => {
+                compressed_layer(store, &l, Compression::GZIP_DEFAULT).map_err(failed)?
+            }
+            Location::Local(_) => l,
+        };
+        out.push(MountRecord {
+            id,
+            layer: l,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+        });
+    }
+    Ok(out)
+}
+
+/// Fills cache mount `m.id` from its layer, unless this store has it.
+fn import_mount(
+    store: &Arc<Store>,
+    registry: Option<&Arc<Registry>>,
+    source: &Source,
+    m: &MountRecord,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = store.root().join("cachemounts");
+    let dir = base.join(rbuild_solver::exec::run::cache_mount_key(&m.id));
+    if dir.exists() {
+        return Ok(());
+    }
+    fetch(store, registry, source, &m.layer)?;
+    let tmp = base.join(format!(".new-import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let result = (|| -> Result<(), String> {
+        let reader = layer::open_layer(store, &m.layer.digest).map_err(|e| e.to_string())?;
+        layer::apply_layer(reader, &tmp, &layer::ApplyOptions::layer())
+            .map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m.mode))
+            .map_err(|e| e.to_string())?;
+        std::os::unix::fs::lchown(&tmp, Some(m.uid), Some(m.gid)).map_err(|e| e.to_string())?;
+        // A build that made it meanwhile wins.
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 fn blob_rel(d: &Digest) -> PathBuf {
     Path::new("blobs").join("sha256").join(d.hex())
 }
@@ -238,12 +356,71 @@ fn read_registry(
     target: &Target,
 ) -> Result<CacheConfig, String> {
     let remote = remote.ok_or("no registry client")?;
-    let manifest = parse_manifest(&remote.manifest_bytes(target)?)?;
+    let bytes = remote.manifest_bytes(target)?;
+    let manifest: CacheManifest =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a manifest: {e}"))?;
     remote.fetch_blob(target, &manifest.config)?;
-    let bytes = store
+    let config = store
         .read_blob(&manifest.config.digest)
         .map_err(|e| e.to_string())?;
-    parse_config(&bytes)
+    if manifest.config.media_type == CONFIG_MEDIA_TYPE {
+        return parse_config(&config);
+    }
+    inline_records(&manifest, &config)
+}
+
+/// The cache an image carries in its config (`--cache-to type=inline`):
+/// each step's layer is the image's layer at the recorded position.
+fn inline_records(manifest: &CacheManifest, config: &[u8]) -> Result<CacheConfig, String> {
+    #[derive(Deserialize)]
+    struct Rootfs {
+        diff_ids: Vec<Digest>,
+    }
+    #[derive(Deserialize)]
+    struct ImageWithCache {
+        rootfs: Rootfs,
+        #[serde(rename = "rbuild.cache.v1", default)]
+        cache: Option<Vec<rbuild_solver::exec::image::InlineRecord>>,
+    }
+    let image: ImageWithCache =
+        serde_json::from_slice(config).map_err(|e| format!("neither a cache nor an image: {e}"))?;
+    let records = image
+        .cache
+        .ok_or("the image has no inline cache (build it with --cache-to type=inline)")?;
+    let records = records
+        .into_iter()
+        .map(|r| {
+            let layer = match r.layer {
+                None => None,
+                Some(i) => {
+                    let (desc, diff_id) = manifest
+                        .layers
+                        .get(i)
+                        .zip(image.rootfs.diff_ids.get(i))
+                        .ok_or_else(|| {
+                            format!("inline cache names layer {i}, which is not there")
+                        })?;
+                    Some(LayerDescriptor {
+                        diff_id: diff_id.clone(),
+                        digest: desc.digest.clone(),
+                        size: desc.size,
+                        media_type: desc.media_type.clone(),
+                    })
+                }
+            };
+            Ok(Record {
+                key: r.key,
+                layer,
+                created: r.created,
+                description: r.description,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(CacheConfig {
+        version: 1,
+        records,
+        mounts: Vec::new(),
+    })
 }
 
 fn read_local(dir: &Path, tag: Option<&str>) -> Result<CacheConfig, String> {
@@ -276,36 +453,6 @@ fn read_local(dir: &Path, tag: Option<&str>) -> Result<CacheConfig, String> {
     parse_config(&config)
 }
 
-/// The ops whose entries a `mode` exports: `max`, every cacheable op the
-/// build solved; `min`, those of the target stage and the stages it is
-/// based on (FROM another stage).
-fn exported_ops(graph: &Graph, solved: &Solved, max: bool) -> Vec<OpId> {
-    let mut stages = BTreeSet::new();
-    let mut s = graph.target;
-    loop {
-        stages.insert(s);
-        match graph.stages[s].base {
-            Base::Stage { stage } if !stages.contains(&stage) => s = stage,
-            _ => break,
-        }
-    }
-    let wanted: BTreeSet<OpId> = if max {
-        graph
-            .closure(graph.stages[graph.target].root)
-            .into_iter()
-            .collect()
-    } else {
-        stages.iter().flat_map(|&s| graph.stage_ops(s)).collect()
-    };
-    wanted
-        .into_iter()
-        .filter(|&op| {
-            matches!(graph.ops[op].kind, OpKind::File(_) | OpKind::Exec(_))
-                && solved.keys.get(op).is_some_and(Option::is_some)
-        })
-        .collect()
-}
-
 /// Writes the caches `specs` name.
 pub fn export(
     specs: &[CacheSpec],
@@ -316,6 +463,10 @@ pub fn export(
     remote: Option<&Remote>,
 ) -> Result<(), Failure> {
     for spec in specs {
+        // An inline cache went into the image's config.
+        if spec.kind == "inline" {
+            continue;
+        }
         let Some(loc) = location(spec, "dest")? else {
             continue;
         };
@@ -328,7 +479,7 @@ pub fn export(
                 )))
             }
         };
-        let ops = exported_ops(graph, solved, max);
+        let ops = rbuild_solver::exec::cache_ops(graph, solved, max);
         let mut layers: Vec<LayerDescriptor> = ops
             .iter()
             .filter_map(|&op| solved.added.get(op).cloned().flatten())
@@ -366,9 +517,18 @@ pub fn export(
                 })
             })
             .collect();
+        let mounts = if flag(spec, "cache-mounts")? {
+            export_mounts(store, graph, &loc)?
+        } else {
+            Vec::new()
+        };
+        for m in &mounts {
+            exported.insert(m.layer.digest.clone(), m.layer.clone());
+        }
         let config = CacheConfig {
             version: 1,
             records,
+            mounts,
         };
         let (config_digest, config_size, _) = store.write_json(&config).map_err(failed)?;
         let mut seen = BTreeSet::new();

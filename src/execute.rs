@@ -87,7 +87,8 @@ pub fn run(
         .with_secrets(plan.secrets)
         .with_ssh(plan.ssh)
         .with_proxy_env(graph.proxy_env.clone())
-        .with_no_cache_ops(no_cache_ops);
+        .with_no_cache_ops(no_cache_ops)
+        .with_inline_cache(plan.cache_to.iter().any(|c| c.kind == "inline"));
         match imported {
             Some((entries, fetcher)) => solver.with_cache_import(entries, fetcher),
             None => solver,

@@ -195,3 +195,124 @@ fn a_local_cache_gives_a_fresh_store_every_step_and_only_the_image_layers() {
     let meta = fx.build("c", &["--cache-from", "type=local,src=/nonexistent/cache"]);
     assert!(steps(&meta).iter().all(|(_, c, _)| !c));
 }
+
+#[test]
+fn an_inline_cache_travels_in_the_pushed_image() {
+    if !is_root() {
+        eprintln!("note: not root: skipping the inline cache test");
+        return;
+    }
+    if !registry_tools("the inline cache test") {
+        return;
+    }
+    let fx = Fx::new();
+    let reg = Registry::start(None);
+    let image = reg.reference("inline/app:1");
+    let push = |name: &str| format!("type=registry,name={name}");
+    let first = fx.build("a", &["--cache-to", "type=inline", "-o", &push(&image)]);
+    assert!(steps(&first).iter().all(|(_, c, _)| !c), "{first:#}");
+    let out = ok(tool("skopeo").args([
+        "inspect",
+        "--config",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{image}"),
+    ]));
+    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = config["rbuild.cache.v1"]
+        .as_array()
+        .expect("inline records");
+    assert_eq!(records.len(), 2, "the final stage's two steps: {config:#}");
+
+    // A bare reference is a registry cache: the image itself.
+    let second = fx.build("b", &["--cache-from", &image]);
+    assert!(cached(&second, "COPY --from=build"), "{second:#}");
+    assert!(cached(&second, "RUN cat"), "{second:#}");
+    assert!(!cached(&second, "RUN echo built"), "{second:#}");
+    assert_eq!(fetched(&second), final_stage_layers(&second), "{second:#}");
+    check_image(&fx.dir.join("b"));
+
+    // An image without one is a warning, and the build runs.
+    let plain = reg.reference("inline/plain:1");
+    fx.build("c", &["-o", &push(&plain)]);
+    let third = fx.build("d", &["--cache-from", &plain]);
+    assert!(steps(&third).iter().all(|(_, c, _)| !c), "{third:#}");
+}
+
+#[test]
+fn cache_mount_contents_travel_only_when_asked() {
+    if !is_root() {
+        eprintln!("note: not root: skipping the cache mount export test");
+        return;
+    }
+    let fx = Fx::new();
+    let dest = fx.dir.join("mounts-cache").display().to_string();
+    write_file(
+        &fx.ctx.join("Dockerfile"),
+        "FROM busybox\n\
+         RUN --mount=type=cache,id=shared,target=/c,uid=1000,mode=0750 \
+         mkdir -p /c/sub && echo from-the-first-store > /c/sub/file && touch /done\n",
+    );
+    fx.build(
+        "a",
+        &[
+            "--cache-to",
+            &format!("type=local,dest={dest},mode=max,cache-mounts=true"),
+        ],
+    );
+    // Another step using the same cache id, on fresh stores.
+    write_file(
+        &fx.ctx.join("Dockerfile"),
+        "FROM busybox\n\
+         RUN --mount=type=cache,id=shared,target=/c \
+         (cat /c/sub/file || echo empty) > /seen && stat -c '%u %a' /c > /owner\n",
+    );
+    fx.build(
+        "b",
+        &[
+            "--cache-from",
+            &format!("type=local,src={dest},cache-mounts=true"),
+        ],
+    );
+    let img = StoredImage::load(&fx.dir.join("b"), TAG);
+    assert_eq!(img.text("/seen"), "from-the-first-store\n");
+    assert_eq!(img.text("/owner"), "1000 750\n");
+    // Without the option, the mount starts empty (BuildKit's behaviour).
+    fx.build("c", &["--cache-from", &format!("type=local,src={dest}")]);
+    assert_eq!(
+        StoredImage::load(&fx.dir.join("c"), TAG).text("/seen"),
+        "empty\n"
+    );
+
+    // Through a registry: exported from store b (which has the mount now).
+    if !registry_tools("the cache mount export through a registry") {
+        return;
+    }
+    let reg = Registry::start(None);
+    let r = reg.reference("cache/mounts:1");
+    fx.build(
+        "b",
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={r},cache-mounts=true"),
+        ],
+    );
+    // A step the cache has no entry for: it runs, and sees the mount.
+    write_file(
+        &fx.ctx.join("Dockerfile"),
+        "FROM busybox\n\
+         RUN --mount=type=cache,id=shared,target=/c (cat /c/sub/file || echo empty) > /seen\n",
+    );
+    let meta = fx.build(
+        "d",
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={r},cache-mounts=true"),
+        ],
+    );
+    assert!(!cached(&meta, "RUN --mount"), "{meta:#}");
+    assert_eq!(
+        StoredImage::load(&fx.dir.join("d"), TAG).text("/seen"),
+        "from-the-first-store\n"
+    );
+}

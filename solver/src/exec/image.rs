@@ -38,6 +38,30 @@ pub struct OciImage {
     /// One entry per instruction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// The build cache of the image's own steps (`--cache-to type=inline`):
+    /// what a build with `--cache-from` this image reuses.
+    #[serde(
+        rename = "rbuild.cache.v1",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inline_cache: Option<Vec<InlineRecord>>,
+}
+
+/// One step of an inline cache: its key, and which of the image's layers
+/// (by position) it added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineRecord {
+    /// The cache key.
+    pub key: String,
+    /// Index into the image's layers of the layer the step added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    /// When the step ran (Unix seconds).
+    pub created: i64,
+    /// The step's name.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// `rootfs` of an image config.
@@ -377,6 +401,23 @@ impl Solver {
                 diff_ids: fs.layers.iter().map(|l| l.diff_id.clone()).collect(),
             },
             history,
+            inline_cache: self.inline_cache.then(|| {
+                super::cache_ops(graph, solved, false)
+                    .into_iter()
+                    .filter_map(|op| {
+                        let key = solved.keys.get(op).cloned().flatten()?;
+                        let added = solved.added.get(op).cloned().flatten();
+                        Some(InlineRecord {
+                            key,
+                            layer: added.and_then(|a| {
+                                fs.layers.iter().rposition(|l| l.diff_id == a.diff_id)
+                            }),
+                            created: solved.created.get(op).copied().flatten().unwrap_or(0),
+                            description: graph.ops[op].meta.name.clone(),
+                        })
+                    })
+                    .collect()
+            }),
         };
         let (config_digest, config_size, _) = self.store().write_json(&config)?;
         let manifest = Manifest {

@@ -10,7 +10,7 @@ pub mod http;
 pub mod image;
 pub mod progress;
 pub mod pull;
-mod run;
+pub mod run;
 pub mod source;
 pub mod user;
 
@@ -140,6 +140,38 @@ pub struct ImportedEntry {
 pub type LayerFetcher =
     Arc<dyn Fn(&LayerDescriptor) -> std::result::Result<(), String> + Send + Sync>;
 
+/// The ops whose cache entries an export holds: with `max`, every
+/// cacheable op the build solved; else those of the target stage and of
+/// the stages it is based on (FROM another stage), as BuildKit's
+/// `mode=min`.
+pub fn cache_ops(graph: &Graph, solved: &Solved, max: bool) -> Vec<OpId> {
+    let target = graph.target;
+    let wanted: BTreeSet<OpId> = if max {
+        graph
+            .closure(graph.stages[target].root)
+            .into_iter()
+            .collect()
+    } else {
+        let mut stages = BTreeSet::new();
+        let mut s = target;
+        loop {
+            stages.insert(s);
+            match graph.stages[s].base {
+                crate::graph::Base::Stage { stage } if !stages.contains(&stage) => s = stage,
+                _ => break,
+            }
+        }
+        stages.iter().flat_map(|&s| graph.stage_ops(s)).collect()
+    };
+    wanted
+        .into_iter()
+        .filter(|&op| {
+            matches!(graph.ops[op].kind, OpKind::File(_) | OpKind::Exec(_))
+                && solved.keys.get(op).is_some_and(Option::is_some)
+        })
+        .collect()
+}
+
 /// Runs graphs against a store.
 pub struct Solver {
     store: Arc<Store>,
@@ -170,6 +202,8 @@ pub struct Solver {
     imported_used: Mutex<HashMap<rbuild_cache::Digest, String>>,
     /// Imported layers fetched, in order.
     fetched: Mutex<Vec<rbuild_cache::Digest>>,
+    /// Write the image's cache into its config (`--cache-to type=inline`).
+    inline_cache: bool,
 }
 
 impl Solver {
@@ -190,6 +224,7 @@ impl Solver {
             fetcher: None,
             imported_used: Mutex::default(),
             fetched: Mutex::default(),
+            inline_cache: false,
             store,
             contexts,
             images,
@@ -219,6 +254,12 @@ impl Solver {
     ) -> Self {
         self.imported = entries;
         self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// Puts the cache of the image's own steps into its config.
+    pub fn with_inline_cache(mut self, inline: bool) -> Self {
+        self.inline_cache = inline;
         self
     }
 

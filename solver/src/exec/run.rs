@@ -405,8 +405,7 @@ impl Solver {
         scratch: &Path,
         locks: &mut Vec<File>,
     ) -> Result<PathBuf> {
-        use sha2::Digest as _;
-        let key = hex::encode(sha2::Sha256::digest(id.as_bytes()));
+        let key = cache_mount_key(id);
         let base = self.store().root().join("cachemounts");
         fs::create_dir_all(&base)?;
         let lock_path = base.join(format!("{key}.lock"));
@@ -451,6 +450,32 @@ impl Solver {
         }
         Ok(dir)
     }
+}
+
+/// The name of cache mount `id`'s directory under `ROOT/cachemounts/`.
+pub fn cache_mount_key(id: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(id.as_bytes()))
+}
+
+/// The ids of the cache mounts `graph`'s RUN steps use.
+pub fn cache_mount_ids(graph: &crate::graph::Graph) -> Vec<String> {
+    let mut ids: Vec<String> = graph
+        .ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            crate::graph::OpKind::Exec(e) => Some(e.mounts.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|m| match &m.kind {
+            MountKind::Cache { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// Set when overlay failed once in this process (automatic mode).
