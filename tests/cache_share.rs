@@ -316,3 +316,46 @@ fn cache_mount_contents_travel_only_when_asked() {
         "from-the-first-store\n"
     );
 }
+
+#[test]
+fn a_ci_rebuild_with_source_date_epoch_pushes_the_same_digest() {
+    if !is_root() {
+        eprintln!("note: not root: skipping the reproducible push test");
+        return;
+    }
+    if !registry_tools("the reproducible push test") {
+        return;
+    }
+    let fx = Fx::new();
+    write_file(&fx.ctx.join("app.txt"), "app\n");
+    write_file(
+        &fx.ctx.join("Dockerfile"),
+        "FROM busybox\nCOPY app.txt /app/\nRUN echo built > /built-at && mkdir -p /var/x\n",
+    );
+    let reg = Registry::start(None);
+    let mut pushed = Vec::new();
+    for (i, store) in ["one", "two"].iter().enumerate() {
+        let meta = fx.dir.join(format!("{store}.json"));
+        let name = reg.reference(&format!("repro/app:{i}"));
+        ok(build(&fx.dir.join(store))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .arg(busybox_flag())
+            .args([
+                "-o",
+                &format!("type=registry,name={name}"),
+                "--metadata-file",
+            ])
+            .arg(&meta)
+            .arg(&fx.ctx));
+        let m = read_json(&meta);
+        pushed.push(m["containerimage.digest"].as_str().unwrap().to_string());
+        // The registry has what the metadata says.
+        let out =
+            ok(tool("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{name}")]));
+        let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["Digest"].as_str(), Some(pushed[i].as_str()));
+        // Let the wall clock move on between the two builds.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(pushed[0], pushed[1], "two CI runs pushed different digests");
+}
