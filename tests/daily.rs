@@ -221,7 +221,11 @@ fn ssh_forwards_a_real_agent_into_run() {
          COPY sshroot/ /\n\
          RUN --mount=type=ssh ssh-add -l > /keys.txt && echo \"$SSH_AUTH_SOCK\" > /sock.txt\n\
          RUN --mount=type=ssh,id=other,target=/tmp/other.sock \
-         SSH_AUTH_SOCK=/tmp/other.sock ssh-add -l > /other.txt\n",
+         SSH_AUTH_SOCK=/tmp/other.sock ssh-add -l > /other.txt\n\
+         RUN mkdir -m 1777 /out\n\
+         USER 1000\n\
+         RUN --mount=type=ssh,uid=1000,mode=0600 ssh-add -l > /out/user.txt \
+         && stat -c '%u %a' \"$SSH_AUTH_SOCK\" > /out/sock-owner.txt\n",
     );
     // The agent given as a socket, and (for `other`) a key file, which
     // gets an agent of rbuild's own.
@@ -235,6 +239,9 @@ fn ssh_forwards_a_real_agent_into_run() {
     assert_eq!(img.text("/sock.txt"), "/run/buildkit/ssh_agent.0\n");
     let other = img.text("/other.txt");
     assert!(other.contains(&agent.fingerprint), "{other}");
+    // uid= and mode= give a step running as another user its socket.
+    assert!(img.text("/out/user.txt").contains(&agent.fingerprint));
+    assert_eq!(img.text("/out/sock-owner.txt"), "1000 600\n");
     // Nothing of the agent stays in the image.
     assert!(!img.has("/run/buildkit/ssh_agent.0"));
     assert!(!img.has("/tmp/other.sock"));

@@ -2,6 +2,7 @@
 //! `jobs` at once; results are filesystem states (stacks of layers) or
 //! build contexts.
 
+mod agent;
 pub mod diff;
 pub mod error;
 pub mod fileop;

@@ -26,6 +26,13 @@ const TAIL_LINES: usize = 20;
 /// Removes a directory tree when dropped (the op's scratch space).
 struct Scratch(PathBuf);
 
+/// What a step's mounts hold until it ends: cache mount locks, ssh agent
+/// relays.
+struct Held<'a> {
+    locks: &'a mut Vec<File>,
+    agents: &'a mut Vec<super::agent::AgentProxy>,
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
@@ -105,8 +112,13 @@ impl Solver {
 
         let mut mounts = Vec::new();
         let mut locks = Vec::new();
+        let mut agents = Vec::new();
         for m in &exec.mounts {
-            if let Some(mount) = self.sandbox_mount(m, inputs, &scratch.0, &mut env, &mut locks)? {
+            let held = Held {
+                locks: &mut locks,
+                agents: &mut agents,
+            };
+            if let Some(mount) = self.sandbox_mount(m, inputs, &scratch.0, &mut env, held)? {
                 mounts.push(mount);
             }
         }
@@ -254,8 +266,9 @@ impl Solver {
         inputs: &[Value],
         scratch: &Path,
         env: &mut Vec<String>,
-        locks: &mut Vec<File>,
+        held: Held<'_>,
     ) -> Result<Option<sandbox::Mount>> {
+        let Held { locks, agents } = held;
         let target = m.target.clone();
         let kind = match &m.kind {
             MountKind::Bind {
@@ -326,8 +339,14 @@ impl Solver {
                     gid: *gid,
                 }
             }
-            MountKind::Ssh { id, required, .. } => {
-                let Some(socket) = self.ssh.get(id) else {
+            MountKind::Ssh {
+                id,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(agent) = self.ssh.get(id) else {
                     if *required {
                         return Err(ExecError::User(format!(
                             "no ssh agent for id {id:?} (give one with --ssh {id}[=SOCKET|KEY])"
@@ -335,14 +354,17 @@ impl Solver {
                     }
                     return Ok(None);
                 };
-                // The agent's own socket, bound in: a rootless build's
-                // namespace root is its owner, a rootful one is root. As
-                // in BuildKit, the first ssh mount is SSH_AUTH_SOCK.
+                // A relay socket with the mount's owner and mode. As in
+                // BuildKit, the first ssh mount is SSH_AUTH_SOCK.
+                let socket = scratch.join(format!("ssh-{}.sock", unique()));
+                let proxy = super::agent::AgentProxy::start(agent, &socket, *uid, *gid, *mode)
+                    .map_err(|e| ExecError::User(format!("--ssh {id}: {e}")))?;
+                agents.push(proxy);
                 if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
                     env.push(format!("SSH_AUTH_SOCK={target}"));
                 }
                 sandbox::MountKind::Bind {
-                    source: socket.clone(),
+                    source: socket,
                     readonly: false,
                 }
             }
