@@ -67,17 +67,26 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<ExitCode, Failure> {
         .clone()
         .unwrap_or_else(Platform::host);
     let quiet = args.quiet || args.progress == Progress::Quiet;
-    let plain = (!quiet && call == Call::Build).then(|| {
+    let plain = if call == Call::Build && (!quiet || args.logfile.is_some()) {
+        use crate::progress::Shown;
         use std::io::IsTerminal;
         let terminal =
             std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
-        Arc::new(match args.progress {
-            Progress::Json => crate::progress::Plain::json(),
-            Progress::Tty => crate::progress::Plain::tty(),
-            Progress::Auto if terminal => crate::progress::Plain::tty(),
-            _ => crate::progress::Plain::new(),
-        })
-    });
+        let shown = match args.progress {
+            _ if quiet => Shown::Nothing,
+            Progress::Json => Shown::Json,
+            Progress::Tty => Shown::Tty,
+            Progress::Auto if terminal => Shown::Tty,
+            _ => Shown::Text,
+        };
+        let plain = crate::progress::Plain::with(shown, args.logfile.as_deref()).map_err(|e| {
+            let path = args.logfile.as_deref().unwrap_or(std::path::Path::new("?"));
+            Failure::usage(format!("cannot write the log file {}: {e}", path.display()))
+        })?;
+        Some(Arc::new(plain))
+    } else {
+        None
+    };
     // Only a real build talks to registries: --call=check|graph|targets
     // answer from what is local.
     let remote = match (&store, call) {
@@ -160,16 +169,10 @@ fn build(
         plain,
         remote,
     } = output;
-    let mut progress: Arc<dyn rbuild_solver::exec::progress::Progress> = match &plain {
+    let progress: Arc<dyn rbuild_solver::exec::progress::Progress> = match &plain {
         Some(p) => p.clone(),
         None => Arc::new(crate::progress::Quiet),
     };
-    if let Some(path) = &args.logfile {
-        let log = crate::progress::LogFile::create(path, progress).map_err(|e| {
-            Failure::usage(format!("cannot write the log file {}: {e}", path.display()))
-        })?;
-        progress = Arc::new(log);
-    }
     let images = images_for(&resolver, &lowered.graph).map_err(Failure::failed)?;
     let mut named = std::mem::take(&mut resolver.named);
     if let Some(ctx) = input.context {

@@ -132,6 +132,8 @@ pub fn run(
         names.push(normalize(tag).unwrap_or_else(|| tag.clone()));
     }
     let mut metadata = serde_json::Map::new();
+    // Names pushed by outputs besides the -t tags (`-o type=registry,name=`).
+    let mut extra_names: Vec<String> = Vec::new();
     let mut reported = image.manifest.clone();
     if !plan.tags.is_empty() {
         step(&format!("naming to {}", names.join(", ")), &mut || {
@@ -211,6 +213,11 @@ pub fn run(
                         },
                     };
                     reported = push_to(plan.remote, &image, &output_names, encoding)?;
+                    for n in &output_names {
+                        if !names.contains(n) {
+                            extra_names.push(n.clone());
+                        }
+                    }
                 }
             }
             "cacheonly" => {}
@@ -241,8 +248,9 @@ pub fn run(
             "containerimage.descriptor".into(),
             serde_json::to_value(&reported).map_err(|e| Failure::failed(e.to_string()))?,
         );
-        if !names.is_empty() {
-            metadata.insert("image.name".into(), names.join(",").into());
+        let all_names: Vec<String> = names.iter().chain(&extra_names).cloned().collect();
+        if !all_names.is_empty() {
+            metadata.insert("image.name".into(), all_names.join(",").into());
         }
         metadata.insert("rbuild.context".into(), context_stats());
         metadata.insert("rbuild.steps".into(), steps(&graph, &solved));

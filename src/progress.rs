@@ -27,11 +27,41 @@ pub struct Plain {
     sink: Sink,
 }
 
+/// Where events go: the display, and the log file if there is one.
 #[derive(Clone)]
-enum Sink {
+struct Sink {
+    display: Display,
+    log: Option<Arc<Mutex<LogState>>>,
+}
+
+#[derive(Clone)]
+enum Display {
     Text,
     Json,
     Tty(Arc<Tty>),
+    /// `--progress=quiet` with `--logfile`: the log only.
+    Nothing,
+}
+
+/// `--logfile`: every event in the plain format, never clipped.
+struct LogState {
+    out: std::io::BufWriter<std::fs::File>,
+    failed: bool,
+}
+
+impl LogState {
+    fn write(&mut self, text: &str) {
+        if !self.failed && self.out.write_all(text.as_bytes()).is_err() {
+            self.failed = true;
+            eprintln!("warning: could not write the log file: the rest of the log is lost");
+        }
+    }
+}
+
+impl Drop for LogState {
+    fn drop(&mut self) {
+        let _ = self.out.flush();
+    }
 }
 
 struct PlainState {
@@ -39,30 +69,52 @@ struct PlainState {
     numbers: BTreeMap<usize, usize>,
 }
 
+/// What `--progress` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// Numbered text lines.
+    Text,
+    /// JSON lines.
+    Json,
+    /// The live terminal display.
+    Tty,
+    /// Nothing (only `--logfile` gets the events).
+    Nothing,
+}
+
 impl Plain {
-    fn with_sink(sink: Sink) -> Self {
+    fn with_display(display: Display) -> Self {
         Plain {
             state: Mutex::new(PlainState {
                 next: 0,
                 numbers: BTreeMap::new(),
             }),
-            sink,
+            sink: Sink { display, log: None },
         }
     }
 
     /// Numbered text lines (`--progress=plain`).
     pub fn new() -> Self {
-        Plain::with_sink(Sink::Text)
+        Plain::with_display(Display::Text)
     }
 
-    /// JSON lines (`--progress=json`).
-    pub fn json() -> Self {
-        Plain::with_sink(Sink::Json)
-    }
-
-    /// The live terminal display (`--progress=tty`).
-    pub fn tty() -> Self {
-        Plain::with_sink(Sink::Tty(Arc::new(Tty::new())))
+    /// A printer showing `shown`, also writing every event to `logfile`
+    /// (created or truncated).
+    pub fn with(shown: Shown, logfile: Option<&std::path::Path>) -> std::io::Result<Self> {
+        let mut plain = Plain::with_display(match shown {
+            Shown::Text => Display::Text,
+            Shown::Json => Display::Json,
+            Shown::Tty => Display::Tty(Arc::new(Tty::new())),
+            Shown::Nothing => Display::Nothing,
+        });
+        if let Some(path) = logfile {
+            let file = std::fs::File::create(path)?;
+            plain.sink.log = Some(Arc::new(Mutex::new(LogState {
+                out: std::io::BufWriter::with_capacity(256 * 1024, file),
+                failed: false,
+            })));
+        }
+        Ok(plain)
     }
 
     /// Prints a step the CLI does itself (loading the Dockerfile, exporting).
@@ -112,54 +164,84 @@ impl Default for Plain {
 }
 
 impl Sink {
-    fn started(&self, n: usize, name: &str) {
-        match self {
-            Sink::Text => line(&format!("#{n} {name}\n")),
-            Sink::Json => {
-                json_line(&json!({"event": "step", "id": n, "name": name, "status": "started"}))
+    /// Writes `text` (plain format) to the log file, if any; `flush` at
+    /// step boundaries so a killed build leaves its log.
+    fn log(&self, text: &str, flush: bool) {
+        if let Some(log) = &self.log {
+            let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+            l.write(text);
+            if flush {
+                let _ = l.out.flush();
             }
-            Sink::Tty(t) => t.started(n, name),
         }
     }
 
-    fn log(&self, n: usize, text: &str) {
-        match self {
-            Sink::Text => line(&format!("#{n} {text}\n")),
-            Sink::Json => json_line(&json!({"event": "log", "id": n, "line": text})),
-            Sink::Tty(t) => t.log(n, text),
+    fn started(&self, n: usize, name: &str) {
+        let text = format!("#{n} {name}\n");
+        self.log(&text, false);
+        match &self.display {
+            Display::Text => line(&text),
+            Display::Json => {
+                json_line(&json!({"event": "step", "id": n, "name": name, "status": "started"}))
+            }
+            Display::Tty(t) => t.started(n, name),
+            Display::Nothing => {}
+        }
+    }
+
+    fn output(&self, n: usize, text: &str) {
+        let plain = format!("#{n} {text}\n");
+        self.log(&plain, false);
+        match &self.display {
+            Display::Text => line(&plain),
+            Display::Json => json_line(&json!({"event": "log", "id": n, "line": text})),
+            Display::Tty(t) => t.log(n, text),
+            Display::Nothing => {}
         }
     }
 
     fn done(&self, n: usize, elapsed: Duration, cached: bool) {
-        match self {
-            Sink::Json => json_line(&json!({
+        let text = if cached {
+            format!("#{n} CACHED\n\n")
+        } else {
+            format!("#{n} DONE {}\n\n", seconds(elapsed))
+        };
+        self.log(&text, true);
+        match &self.display {
+            Display::Json => json_line(&json!({
                 "event": "step",
                 "id": n,
                 "status": "done",
                 "cached": cached,
                 "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             })),
-            Sink::Text if cached => line(&format!("#{n} CACHED\n\n")),
-            Sink::Text => line(&format!("#{n} DONE {}\n\n", seconds(elapsed))),
-            Sink::Tty(t) => t.done(n, elapsed, cached),
+            Display::Text => line(&text),
+            Display::Tty(t) => t.done(n, elapsed, cached),
+            Display::Nothing => {}
         }
     }
 
     fn failed(&self, n: usize, error: &str) {
-        match self {
-            Sink::Text => line(&format!("#{n} ERROR: {error}\n\n")),
-            Sink::Json => {
+        let text = format!("#{n} ERROR: {error}\n\n");
+        self.log(&text, true);
+        match &self.display {
+            Display::Text => line(&text),
+            Display::Json => {
                 json_line(&json!({"event": "step", "id": n, "status": "error", "error": error}))
             }
-            Sink::Tty(t) => t.failed(n, error),
+            Display::Tty(t) => t.failed(n, error),
+            Display::Nothing => {}
         }
     }
 
     fn warning(&self, message: &str) {
-        match self {
-            Sink::Text => line(&format!("WARNING: {message}\n")),
-            Sink::Json => json_line(&json!({"event": "warning", "message": message})),
-            Sink::Tty(t) => t.warning(message),
+        let text = format!("WARNING: {message}\n");
+        self.log(&text, false);
+        match &self.display {
+            Display::Text => line(&text),
+            Display::Json => json_line(&json!({"event": "warning", "message": message})),
+            Display::Tty(t) => t.warning(message),
+            Display::Nothing => {}
         }
     }
 }
@@ -178,7 +260,7 @@ pub struct Step {
 impl Step {
     /// Prints a line under the step.
     pub fn log(&self, text: &str) {
-        self.sink.log(self.n, text);
+        self.sink.output(self.n, text);
     }
 
     /// Ends the step.
@@ -245,96 +327,8 @@ impl Progress for Plain {
                 cached,
             } => self.sink.done(self.number_of(op), elapsed, cached),
             Event::Failed { op, error } => self.sink.failed(self.number_of(op), &error),
-            Event::Log { op, line: text } => self.sink.log(self.number_of(op), &text),
+            Event::Log { op, line: text } => self.sink.output(self.number_of(op), &text),
             Event::Warning { message } => self.sink.warning(&message),
-        }
-    }
-}
-
-/// Writes every event, in the `plain` format, to a file, and passes it
-/// on: the complete log of a build (`--logfile`), never clipped.
-pub struct LogFile {
-    inner: Arc<dyn Progress>,
-    state: Mutex<LogState>,
-}
-
-struct LogState {
-    out: std::io::BufWriter<std::fs::File>,
-    next: usize,
-    numbers: BTreeMap<usize, usize>,
-    failed: bool,
-}
-
-impl LogFile {
-    /// Creates (truncates) `path`.
-    pub fn create(path: &std::path::Path, inner: Arc<dyn Progress>) -> std::io::Result<Self> {
-        let file = std::fs::File::create(path)?;
-        Ok(LogFile {
-            inner,
-            state: Mutex::new(LogState {
-                out: std::io::BufWriter::with_capacity(256 * 1024, file),
-                next: 0,
-                numbers: BTreeMap::new(),
-                failed: false,
-            }),
-        })
-    }
-}
-
-impl LogState {
-    fn number(&mut self, op: usize) -> usize {
-        if let Some(&n) = self.numbers.get(&op) {
-            return n;
-        }
-        self.next += 1;
-        self.numbers.insert(op, self.next);
-        self.next
-    }
-
-    fn write(&mut self, text: &str) {
-        if !self.failed && self.out.write_all(text.as_bytes()).is_err() {
-            // Said once, at the end of the file's usefulness.
-            self.failed = true;
-            eprintln!("warning: could not write the log file: the rest of the log is lost");
-        }
-    }
-}
-
-impl Progress for LogFile {
-    fn event(&self, event: Event) {
-        {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let text = match &event {
-                Event::Started { op, name } => format!("#{} {name}\n", s.number(*op)),
-                Event::Done {
-                    op,
-                    elapsed,
-                    cached,
-                } => {
-                    let n = s.number(*op);
-                    if *cached {
-                        format!("#{n} CACHED\n\n")
-                    } else {
-                        format!("#{n} DONE {}\n\n", seconds(*elapsed))
-                    }
-                }
-                Event::Failed { op, error } => format!("#{} ERROR: {error}\n\n", s.number(*op)),
-                Event::Log { op, line } => format!("#{} {line}\n", s.number(*op)),
-                Event::Warning { message } => format!("WARNING: {message}\n"),
-            };
-            s.write(&text);
-            if matches!(event, Event::Done { .. } | Event::Failed { .. }) {
-                let _ = s.out.flush();
-            }
-        }
-        self.inner.event(event);
-    }
-}
-
-impl Drop for LogFile {
-    fn drop(&mut self) {
-        if let Ok(s) = self.state.get_mut() {
-            let _ = s.out.flush();
         }
     }
 }

@@ -349,6 +349,7 @@ fn a_ci_rebuild_with_source_date_epoch_pushes_the_same_digest() {
             .arg(&fx.ctx));
         let m = read_json(&meta);
         pushed.push(m["containerimage.digest"].as_str().unwrap().to_string());
+        assert_eq!(m["image.name"].as_str(), Some(name.as_str()), "{m:#}");
         // The registry has what the metadata says.
         let out =
             ok(tool("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{name}")]));

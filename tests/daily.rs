@@ -72,11 +72,18 @@ fn a_logfile_keeps_every_line_of_a_20_mb_output() {
          i=$((i+1)); done\n",
     );
     let log = fx.dir.join("build.log");
-    ok(build(&fx.root)
+    // Whatever the display shows (here nothing), the log gets it all.
+    let out = ok(rbuild(&fx.root)
+        .args(["build", "--progress=quiet"])
         .arg(busybox_flag())
         .args(["-t", TAG, "--no-cache", "--logfile"])
         .arg(&log)
         .arg(&fx.ctx));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     let step = text
         .lines()
@@ -97,6 +104,12 @@ fn a_logfile_keeps_every_line_of_a_20_mb_output() {
     assert!(
         text.contains(&format!("{}DONE", prefix)),
         "the step's end is logged"
+    );
+    // The CLI's own steps too.
+    assert!(
+        text.contains("naming to docker.io/library/img:latest"),
+        "{}",
+        &text[..300]
     );
 }
 
