@@ -1689,9 +1689,10 @@ fn an_edit_rebuild_links_the_unchanged_files_of_its_copy_from_the_last_snapshot(
     use std::os::unix::fs::MetadataExt;
     let fx = stages_fixture();
     write_file(&fx.ctx.join("c.txt"), "charlie\n");
-    // A source's origin is trusted once its last change is over a second
-    // old (a change within the same timestamp tick is then ruled out).
-    std::thread::sleep(Duration::from_millis(1100));
+    // A source's origin is trusted once its last change is over two
+    // seconds old (a change within the same timestamp tick is then ruled
+    // out, even on filesystems with 2 s timestamps).
+    std::thread::sleep(Duration::from_millis(2100));
     let first = fx.build(&[]);
     let before = first.step("COPY . /src").layer.expect("a layer");
 
@@ -1734,4 +1735,36 @@ fn an_edit_rebuild_links_the_unchanged_files_of_its_copy_from_the_last_snapshot(
     assert_ne!(ino(&after, "src/c.txt"), ino(&last, "src/c.txt"));
     assert_eq!(fx.image().text("/app/c.txt"), "CHARLIE\n");
     verify_store(&fx.root);
+}
+
+#[test]
+fn a_context_file_named_like_a_whiteout_builds_and_rebuilds() {
+    if !root_only("a_context_file_named_like_a_whiteout_builds_and_rebuilds") {
+        return;
+    }
+    let fx = Fx::new();
+    write_file(&fx.ctx.join("app/.wh.notes"), "kept as a file\n");
+    write_file(&fx.ctx.join("app/main"), "main\n");
+    fx.dockerfile(
+        "FROM busybox AS build\nCOPY app/ /app/\nRUN cat /app/main > /listing\n\
+         FROM busybox\nCOPY --from=build /listing /listing\nCOPY app/ /copy/\n",
+    );
+    fx.build(&[]);
+    let img = fx.image();
+    // In the layer as in the context (a name, not a whiteout, as BuildKit
+    // writes it); the overlay below a RUN reads it as a whiteout.
+    assert!(img
+        .layers
+        .iter()
+        .flatten()
+        .any(|e| e.path == "copy/.wh.notes"));
+    assert!(img.text("/listing").contains("main"));
+    verify_store(&fx.root);
+    // Tagging the build stage needs that layer's blob: it is there.
+    ok(build(&fx.root)
+        .arg(busybox_flag())
+        .args(["--target", "build", "-t", "build:1"])
+        .arg(&fx.ctx));
+    verify_store(&fx.root);
+    fx.build(&[]).assert_all_cached("rebuild");
 }

@@ -33,6 +33,10 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A source file changed while a layer was made from it (the layer
+    /// is not kept; writing it again reads the file as it is now).
+    #[error("{0} changed while it was copied")]
+    SourceChanged(String),
     /// The cache-key index could not be read or written.
     #[error("cache index {0}")]
     Index(String),

@@ -609,7 +609,7 @@ pub fn prune(store: &Store, options: &PruneOptions, _lock: &GcLock) -> Result<Pr
     }
     let snaps = store.root().join("snapshots");
     for hex in s.snapshots.keys() {
-        if !marks.diff_ids.contains_key(hex) && remove_path(&snaps.join(hex)) {
+        if !marks.diff_ids.contains_key(hex) && crate::layer::remove_snapshot(store, hex) {
             report.snapshots += 1;
             let _ = fs::remove_file(snaps.join(format!(".lock-{hex}")));
         }

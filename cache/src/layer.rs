@@ -31,6 +31,7 @@ pub use blob::{
 pub use lazy::{
     discard_snapshot, layer_available, materialize, snapshot_origins, write_layer_snapshot,
 };
+pub(crate) use snapshot::remove_snapshot;
 pub use snapshot::{
     snapshot, snapshot_dir, snapshot_info, SnapshotInfo, SNAPSHOT_MARKER, TAR_SPLIT_FILE,
 };

@@ -249,8 +249,11 @@ fn overlay_options(
     let lowers: Vec<String> = lower.iter().map(|fd| fd_path(fd.as_fd())).collect();
     let mut o = format!("lowerdir={}", lowers.join(":"));
     if let Some((u, w)) = upper_work {
+        // index=off: copy-up never keeps lower hard links together, so a
+        // write to one path of a layer never shows through another (lower
+        // snapshots share inodes: rbuild links unchanged files).
         o.push_str(&format!(
-            ",upperdir={},workdir={}",
+            ",upperdir={},workdir={},index=off",
             fd_path(u.as_fd()),
             fd_path(w.as_fd())
         ));

@@ -142,6 +142,13 @@ where
             tar_split: true,
         };
         write_marker(&tmp, info)?;
+        // A snapshot of this layer unpacked from a blob that is gone since
+        // stays (it may be a running step's lowerdir) and ours is dropped:
+        // give the layer its blob back from ours first.
+        if snapshot_info(store, &digest).is_some_and(|i| !i.tar_split) && !store.has_blob(&digest) {
+            let reader = SplitReader::new(split.clone(), &fs_dir, digest.clone(), false)?;
+            blob_from(store, reader, &digest)?;
+        }
         publish(store, &digest, &tmp)?;
         Ok(LayerDescriptor {
             diff_id: digest.clone(),
@@ -237,9 +244,16 @@ pub fn materialize(store: &Store, layer: &LayerDescriptor) -> Result<bool> {
         return Ok(false);
     }
     // The blob writer hashes what it writes: that is the check.
-    let Some(mut reader) = split_layer(store, &layer.digest, false)? else {
+    let Some(reader) = split_layer(store, &layer.digest, false)? else {
         return Err(Error::MissingBlob(layer.digest.clone()));
     };
+    blob_from(store, reader, &layer.digest)?;
+    Ok(true)
+}
+
+/// Writes the blob `digest` from `reader` (which does not verify: the
+/// blob writer's hash is the check).
+fn blob_from(store: &Store, mut reader: SplitReader, digest: &Digest) -> Result<()> {
     let blob = store.blob_writer()?.without_fsync();
     let blob_tmp = store.root().join("tmp");
     // Reading the snapshot and hashing + writing the blob overlap: the
@@ -288,20 +302,18 @@ pub fn materialize(store: &Store, layer: &LayerDescriptor) -> Result<bool> {
         Err(e) => return Err(Error::io(&blob_tmp, e)),
     }
     let blob = written.map_err(|e| Error::io(&blob_tmp, e))?;
-    let (digest, _) = blob.commit()?;
-    if digest != layer.digest {
+    let (got, _) = blob.commit()?;
+    if &got != digest {
         return Err(Error::Corrupt(format!(
-            "the snapshot of layer {} gives content with digest {digest}",
-            layer.digest
+            "the snapshot of layer {digest} gives content with digest {got}"
         )));
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Removes the snapshot of a layer that can no longer give its blob.
 pub fn discard_snapshot(store: &Store, layer: &LayerDescriptor) {
-    let dir = snapshot_dir(store, &layer.diff_id);
-    let _ = remove_tree(&dir);
+    super::snapshot::remove_snapshot(store, layer.diff_id.hex());
 }
 
 #[cfg(test)]

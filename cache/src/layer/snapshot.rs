@@ -244,6 +244,34 @@ pub(crate) fn publish(store: &Store, diff_id: &Digest, tmp: &Path) -> Result<()>
     result
 }
 
+/// Removes the snapshot `snapshots/<hex>`: under its lock, renamed aside
+/// first (a `.trash-` directory, debris for the collector), so a process
+/// killed meanwhile never leaves a marker over half a tree. True if it was
+/// there.
+pub(crate) fn remove_snapshot(store: &Store, hex: &str) -> bool {
+    let snaps = store.root().join("snapshots");
+    let dir = snaps.join(hex);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(snaps.join(format!(".lock-{hex}")));
+    if let Ok(l) = &lock {
+        let _ = rustix::fs::flock(l, rustix::fs::FlockOperation::LockExclusive);
+    }
+    let trash = snaps.join(format!(
+        ".trash-{hex}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let moved = fs::rename(&dir, &trash).is_ok();
+    drop(lock);
+    if moved {
+        let _ = remove_tree(&trash);
+    }
+    moved
+}
+
 /// Unpacks and verifies the layer into `tmp/fs`, writes the marker, and
 /// records the boot (see [`write_marker`]).
 fn unpack_into(store: &Store, layer: &LayerDescriptor, tmp: &Path) -> Result<()> {

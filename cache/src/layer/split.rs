@@ -132,7 +132,7 @@ pub(crate) fn read_split(path: &Path) -> Result<TarSplit> {
             _ => return Err(corrupt("unknown record")),
         }
     }
-    Ok(TarSplit { records })
+    Ok(TarSplit::new(records))
 }
 
 /// The tar stream of `split` with file contents read from `root` (the
@@ -228,12 +228,19 @@ impl SplitReader {
                 None => return Ok(0),
                 Some(SplitRecord::Raw(bytes)) => self.current = Current::Raw(bytes, 0),
                 Some(SplitRecord::File { path, size, .. }) => {
-                    let file = self.open(&path).map_err(|e| {
+                    // A missing or resized file means the snapshot is not
+                    // what the layer was: corrupt, not an I/O failure.
+                    let damaged = |why: String| {
                         io::Error::new(
-                            e.kind(),
-                            format!("{}/{path}: {e}", self.root_path.display()),
+                            io::ErrorKind::InvalidData,
+                            format!("{}/{path}: {why}", self.root_path.display()),
                         )
-                    })?;
+                    };
+                    let file = self.open(&path).map_err(|e| damaged(e.to_string()))?;
+                    let len = file.metadata().map_err(|e| damaged(e.to_string()))?.len();
+                    if len != size {
+                        return Err(damaged(format!("{len} bytes, not {size}")));
+                    }
                     self.current = Current::File {
                         file,
                         left: size,

@@ -111,6 +111,9 @@ pub struct TarWriter<W: Write> {
 pub struct TarSplit {
     /// In stream order.
     pub records: Vec<SplitRecord>,
+    /// The record of the file [`TarWriter::file`] wrote last, if it had
+    /// content.
+    last_file: Option<usize>,
 }
 
 /// One piece of a [`TarSplit`].
@@ -162,6 +165,14 @@ impl Origin {
 }
 
 impl TarSplit {
+    /// A split of `records`.
+    pub fn new(records: Vec<SplitRecord>) -> Self {
+        TarSplit {
+            records,
+            last_file: None,
+        }
+    }
+
     fn raw(&mut self, bytes: &[u8]) {
         match self.records.last_mut() {
             Some(SplitRecord::Raw(v)) => v.extend_from_slice(bytes),
@@ -243,7 +254,9 @@ impl<W: Write> TarWriter<W> {
             self.buf.resize(COPY_BUF, 0);
         }
         if let Some(split) = &mut self.split {
+            split.last_file = None;
             if size > 0 {
+                split.last_file = Some(split.records.len());
                 split.records.push(SplitRecord::File {
                     path: path.clone(),
                     size,
@@ -293,15 +306,13 @@ impl<W: Write> TarWriter<W> {
     /// a recorded split only): the caller checked the file did not change
     /// while it was read.
     pub fn note_origin(&mut self, origin: Origin) {
-        // The file's record is the last one but for its padding.
-        let last_file = self.split.as_mut().and_then(|s| {
-            s.records
-                .iter_mut()
-                .rev()
-                .take(2)
-                .find(|r| matches!(r, SplitRecord::File { .. }))
-        });
-        if let Some(SplitRecord::File { origin: o, .. }) = last_file {
+        let Some(split) = self.split.as_mut() else {
+            return;
+        };
+        // An empty file has no record: nothing to note.
+        if let Some(SplitRecord::File { origin: o, .. }) =
+            split.last_file.and_then(|i| split.records.get_mut(i))
+        {
             *o = Some(origin);
         }
     }

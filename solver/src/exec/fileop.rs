@@ -138,76 +138,161 @@ pub fn run(
     // Unpacked archives are read while the layer is written: keep them until then.
     let _temps = std::mem::take(&mut plan.temps);
     let entries = plan.entries;
-    // Files copied out of snapshots (COPY --from a stage or an image) may
-    // be hard linked into this layer's snapshot instead of written again.
+    // A name overlayfs reads as a whiteout (`.wh.*`) cannot be kept in a
+    // snapshot as the file it is: such a layer is written as a blob, and
+    // its snapshot unpacked from it when needed, as before.
+    let whiteout_like = entries.keys().any(|p| {
+        p.rsplit('/')
+            .next()
+            .is_some_and(|name| name.starts_with(".wh."))
+    });
+    if whiteout_like {
+        let desc = layer::write_layer(env.store, layer::Compression::None, env.epoch, |tar| {
+            write_entries(tar, &entries, &BTreeMap::new())
+        })?;
+        return Ok(Some(desc));
+    }
+    let links = plan_links(env, dest, &entries);
+    let linked = (!links.is_empty()).then(|| {
+        Arc::new(
+            links
+                .iter()
+                .map(|(k, l)| (k.clone(), l.at.clone()))
+                .collect(),
+        )
+    });
+    let first = layer::write_layer_snapshot(env.store, env.epoch, linked, |tar| {
+        write_entries(tar, &entries, &links)
+    });
+    let desc = match first {
+        // A source linked from the last snapshot changed before it was
+        // read: that link may be stale. Write every file this time.
+        Err(rbuild_cache::Error::SourceChanged(_)) => {
+            layer::write_layer_snapshot(env.store, env.epoch, None, |tar| {
+                write_entries(tar, &entries, &BTreeMap::new())
+            })?
+        }
+        other => other?,
+    };
+    Ok(Some(desc))
+}
+
+/// Where a planned file's content may be linked from instead of written.
+struct Link {
+    /// The existing file.
+    at: PathBuf,
+    /// For a link to the op's last snapshot: the source's origin then,
+    /// which it must still have when it is read.
+    origin: Option<Origin>,
+}
+
+/// Files copied out of snapshots (COPY --from a stage or an image) are
+/// linked from there, unless that snapshot is part of the destination
+/// itself (the two paths would be one file inside a RUN) or the source
+/// file is linked already by this op. Files of a context are linked from
+/// the op's previous snapshot when their source is the very file (same
+/// inode, size, mtime and ctime) that snapshot's copy was read from.
+fn plan_links(
+    env: FileOpEnv<'_>,
+    dest: &FsView,
+    entries: &BTreeMap<String, Planned>,
+) -> BTreeMap<String, Link> {
     let snapshots = env.store.root().join("snapshots");
-    // Files of a context are linked from the op's previous snapshot when
-    // their source is the very file (unchanged: same inode, size, mtime
-    // and ctime) that snapshot's copy was read from.
     let previous = env
         .previous
         .map(|d| layer::snapshot_origins(env.store, d))
         .unwrap_or_default();
-    let mut links: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for (path, entry) in &entries {
+    let in_dest = |p: &std::path::Path| dest.layer_roots().iter().any(|r| p.starts_with(r));
+    let mut used = std::collections::HashSet::new();
+    let mut links = BTreeMap::new();
+    for (path, entry) in entries {
         let Planned::File { real, .. } = entry else {
             continue;
         };
         let rel = path.trim_start_matches('/');
         if real.starts_with(&snapshots) {
-            links.insert(rel.to_string(), real.clone());
+            if !in_dest(real) && used.insert(real.clone()) {
+                let link = Link {
+                    at: real.clone(),
+                    origin: None,
+                };
+                links.insert(rel.to_string(), link);
+            }
         } else if let Some((at, origin)) = previous.get(rel) {
-            if std::fs::metadata(real).is_ok_and(|md| Origin::of(&md) == *origin) {
-                links.insert(rel.to_string(), at.clone());
+            if std::fs::metadata(real).is_ok_and(|md| Origin::of(&md) == *origin)
+                && used.insert(at.clone())
+            {
+                let link = Link {
+                    at: at.clone(),
+                    origin: Some(*origin),
+                };
+                links.insert(rel.to_string(), link);
             }
         }
     }
-    let links = (!links.is_empty()).then(|| Arc::new(links));
-    let desc = layer::write_layer_snapshot(env.store, env.epoch, links, |tar| {
-        for (path, entry) in &entries {
-            let rel = path.trim_start_matches('/');
-            if rel.is_empty() {
-                continue;
-            }
-            match entry {
-                Planned::Dir(m) => tar.dir(rel, m)?,
-                Planned::File { meta, real, size } => {
-                    let started = SystemTime::now();
-                    let mut f = File::open(real)?;
-                    let before = f.metadata()?;
-                    tar.file(rel, meta, *size, &mut f)?;
-                    // Its origin is worth remembering only if it did not
-                    // change while read, and changed long enough before
-                    // that a change within the same clock tick is ruled out.
-                    let origin = Origin::of(&f.metadata()?);
-                    let settled = started
-                        .duration_since(UNIX_EPOCH)
-                        .map(|t| t.as_nanos() as i128 - RACY_NS)
-                        .is_ok_and(|limit| origin.ctime_ns < limit);
-                    if origin == Origin::of(&before) && settled {
-                        tar.note_origin(origin);
-                    }
-                }
-                Planned::Inline { meta, data } => {
-                    tar.file(rel, meta, data.len() as u64, &mut data.as_slice())?
-                }
-                Planned::Symlink { meta, target } => tar.symlink(rel, meta, target)?,
-                Planned::Device {
-                    meta,
-                    kind,
-                    major,
-                    minor,
-                } => tar.device(rel, meta, *kind, *major, *minor)?,
-            }
+    links
+}
+
+/// Streams the planned entries into `tar`, in path order.
+fn write_entries<W: std::io::Write>(
+    tar: &mut layer::TarWriter<W>,
+    entries: &BTreeMap<String, Planned>,
+    links: &BTreeMap<String, Link>,
+) -> io::Result<()> {
+    for (path, entry) in entries {
+        let rel = path.trim_start_matches('/');
+        if rel.is_empty() {
+            continue;
         }
-        Ok(())
-    })?;
-    Ok(Some(desc))
+        match entry {
+            Planned::Dir(m) => tar.dir(rel, m)?,
+            Planned::File { meta, real, size } => {
+                let started = SystemTime::now();
+                let mut f = File::open(real)?;
+                let before = Origin::of(&f.metadata()?);
+                let linked_origin = links.get(rel).and_then(|l| l.origin);
+                if linked_origin.is_some_and(|o| o != before) {
+                    return Err(io::Error::other(rbuild_cache::Error::SourceChanged(
+                        real.display().to_string(),
+                    )));
+                }
+                tar.file(rel, meta, *size, &mut f)?;
+                // Its origin is worth remembering only if it did not
+                // change while read, and changed long enough before that
+                // a change within the same clock tick is ruled out.
+                let origin = Origin::of(&f.metadata()?);
+                if linked_origin.is_some() && origin != before {
+                    return Err(io::Error::other(rbuild_cache::Error::SourceChanged(
+                        real.display().to_string(),
+                    )));
+                }
+                let settled = started
+                    .duration_since(UNIX_EPOCH)
+                    .map(|t| t.as_nanos() as i128 - RACY_NS)
+                    .is_ok_and(|limit| origin.ctime_ns < limit);
+                if origin == before && settled {
+                    tar.note_origin(origin);
+                }
+            }
+            Planned::Inline { meta, data } => {
+                tar.file(rel, meta, data.len() as u64, &mut data.as_slice())?
+            }
+            Planned::Symlink { meta, target } => tar.symlink(rel, meta, target)?,
+            Planned::Device {
+                meta,
+                kind,
+                major,
+                minor,
+            } => tar.device(rel, meta, *kind, *major, *minor)?,
+        }
+    }
+    Ok(())
 }
 
 /// How long before a read a file's last change must be for its origin to
-/// be trusted (filesystem timestamps are coarser than a nanosecond).
-const RACY_NS: i128 = 1_000_000_000;
+/// be trusted (filesystem timestamps are coarser than a nanosecond: FAT's
+/// are 2 s).
+const RACY_NS: i128 = 2_000_000_000;
 
 fn meta(mode: u32, uid: u32, gid: u32, mtime: i64, mtime_nsec: u32) -> EntryMeta {
     EntryMeta {

@@ -40,6 +40,11 @@ pub struct FsView {
 
 impl FsView {
     /// A view of `layers`, given bottom layer first (image order).
+    /// The snapshot roots, top layer first.
+    pub fn layer_roots(&self) -> &[PathBuf] {
+        &self.layers
+    }
+
     pub fn new(layers: Vec<PathBuf>) -> Self {
         let n = layers.len();
         Self::with_implicit(layers, vec![Default::default(); n])
