@@ -84,9 +84,19 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(failure) => {
-            eprint!("{}", failure.message);
-            if !failure.message.ends_with('\n') {
-                eprintln!();
+            if progress::json_errors() {
+                // `--progress=json`: the end of the stream is an event too.
+                let message = failure.message.trim_end();
+                let message = message.strip_prefix("error: ").unwrap_or(message);
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"event": "error", "message": message, "exit": failure.code})
+                );
+            } else {
+                eprint!("{}", failure.message);
+                if !failure.message.ends_with('\n') {
+                    eprintln!();
+                }
             }
             ExitCode::from(failure.code)
         }

@@ -21,7 +21,8 @@ use crate::tty::Tty;
 /// - `{"event":"step","id":N,"status":"error","error":…}`
 /// - `{"event":"log","id":N,"line":…}` (a line of output, or of a pull/push)
 /// - `{"event":"warning","message":…}`
-/// - `{"event":"result","image":…}` (last, from the build command)
+/// - `{"event":"result","image":…}` (last, from the build command), or
+///   `{"event":"error","message":…,"exit":N}` when the build fails
 pub struct Plain {
     state: Mutex<PlainState>,
     sink: Sink,
@@ -69,6 +70,15 @@ struct PlainState {
     numbers: BTreeMap<usize, usize>,
 }
 
+/// Set once a JSON display is made: the build's final error is then a
+/// JSON event as well.
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether errors are printed as JSON events (`--progress=json`).
+pub fn json_errors() -> bool {
+    JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What `--progress` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shown {
@@ -103,7 +113,10 @@ impl Plain {
     pub fn with(shown: Shown, logfile: Option<&std::path::Path>) -> std::io::Result<Self> {
         let mut plain = Plain::with_display(match shown {
             Shown::Text => Display::Text,
-            Shown::Json => Display::Json,
+            Shown::Json => {
+                JSON_ERRORS.store(true, std::sync::atomic::Ordering::Relaxed);
+                Display::Json
+            }
             Shown::Tty => Display::Tty(Arc::new(Tty::new())),
             Shown::Nothing => Display::Nothing,
         });

@@ -465,6 +465,37 @@ fn plain_and_json_progress_match_their_golden_outputs() {
     ok(rbuild(&fx.root).args(["prune", "-af"]));
     let out = run("--progress=json");
     assert_eq!(json_steps(&out), cold, "{out}");
+
+    // A failing build: still JSON to the last line, which says why.
+    write_file(
+        &fx.ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo before-failing && exit 7\n",
+    );
+    let out = rbuild(&fx.root)
+        .args(["build", "--progress=json"])
+        .arg(busybox_flag())
+        .arg(&fx.ctx)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = events.last().expect("events");
+    assert_eq!(last["event"], "error", "{err}");
+    assert_eq!(last["exit"], 1);
+    assert!(
+        last["message"].as_str().unwrap().contains("exit code: 7"),
+        "{err}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "log" && e["line"] == "before-failing"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "step" && e["status"] == "error"));
 }
 
 /// A tmux session running one command; killed on drop.
