@@ -1768,3 +1768,51 @@ fn a_context_file_named_like_a_whiteout_builds_and_rebuilds() {
     verify_store(&fx.root);
     fx.build(&[]).assert_all_cached("rebuild");
 }
+
+#[test]
+fn a_stage_is_skipped_when_what_copies_from_it_is_cached_and_solved_after_all_when_that_breaks() {
+    if !root_only("a_stage_is_skipped_when_what_copies_from_it_is_cached_and_solved_after_all_when_that_breaks") {
+        return;
+    }
+    let fx = Fx::new();
+    fx.dockerfile(
+        "FROM busybox AS build\n\
+         RUN echo compiled > /out\n\
+         FROM busybox\n\
+         COPY --from=build /out /app/out\n\
+         RUN cat /app/out > /app/seen\n",
+    );
+    let first = fx.build(&[]);
+    first.assert_none_cached("first build");
+    let run_layer = first.step("RUN echo compiled").layer.expect("a layer");
+    let copy_layer = first.step("COPY --from=build").layer.expect("a layer");
+    let layout = Layout::new(&fx.root);
+
+    // The build stage's result is gone, the image's steps are cached: the
+    // build stage is not run at all (as BuildKit: the step that copies
+    // from it is found first).
+    std::fs::remove_file(layout.blob_path(&run_layer)).unwrap();
+    let second = fx.build(&[]);
+    assert!(
+        !second
+            .steps()
+            .iter()
+            .any(|s| s.name.contains("RUN echo compiled")),
+        "{}",
+        second.show()
+    );
+    second.assert_all_cached("the final stage");
+    assert_eq!(fx.image().text("/app/seen"), "compiled\n");
+
+    // Now the copy's blob is damaged as well: the plan expected it from
+    // the cache, the lookup refuses it, and the build stage is solved
+    // after all, in the same build.
+    let blob = layout.blob_path(&copy_layer);
+    let len = std::fs::metadata(&blob).unwrap().len() as usize;
+    std::fs::write(&blob, pattern_bytes(len, 7)).unwrap();
+    let third = fx.build(&[]);
+    assert!(!third.cached("RUN echo compiled"), "{}", third.show());
+    assert!(!third.cached("COPY --from=build"), "{}", third.show());
+    assert_eq!(fx.image().text("/app/seen"), "compiled\n");
+    verify_store(&fx.root);
+}

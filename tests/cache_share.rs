@@ -83,6 +83,10 @@ fn cached(meta: &Value, needle: &str) -> bool {
     found[0].1
 }
 
+fn present(meta: &Value, needle: &str) -> bool {
+    steps(meta).iter().any(|(n, _, _)| n.contains(needle))
+}
+
 fn fetched(meta: &Value) -> BTreeSet<String> {
     meta["rbuild.cache.fetched"]
         .as_array()
@@ -118,12 +122,13 @@ fn share(fx: &Fx, to: &dyn Fn(&str) -> String, from: &dyn Fn(&str) -> String) {
         // The final stage is in either cache: nothing of it runs.
         assert!(cached(&second, "COPY --from=build"), "{mode}: {second:#}");
         assert!(cached(&second, "RUN cat"), "{mode}: {second:#}");
-        // The build stage only in mode=max.
-        assert_eq!(
-            cached(&second, "RUN echo built"),
-            mode == "max",
-            "{mode}: {second:#}"
-        );
+        // The build stage is in the cache only with mode=max; with min it
+        // is not run at all: the step that copies from it is cached.
+        if mode == "max" {
+            assert!(cached(&second, "RUN echo built"), "{second:#}");
+        } else {
+            assert!(!present(&second, "RUN echo built"), "{second:#}");
+        }
         // Only what the image is made of was downloaded: never the build
         // stage's layer, which no step needed.
         assert_eq!(
@@ -133,11 +138,12 @@ fn share(fx: &Fx, to: &dyn Fn(&str) -> String, from: &dyn Fn(&str) -> String) {
         );
         check_image(&fx.dir.join(format!("b-{mode}")));
         // And the fetched entries are local now: a rebuild without the
-        // cache reuses them (the build stage, never fetched, runs again:
-        // the solver runs every input of a step before looking the step
-        // up).
+        // cache reuses them, and never runs the build stage.
         let third = fx.build(&format!("b-{mode}"), &[]);
-        assert!(cached(&third, "COPY --from=build"), "{mode}: {third:#}");
+        assert!(
+            steps(&third).iter().all(|(_, c, _)| *c),
+            "{mode}: {third:#}"
+        );
         assert!(cached(&third, "RUN cat"), "{mode}: {third:#}");
         assert!(fetched(&third).is_empty());
     }
@@ -228,7 +234,8 @@ fn an_inline_cache_travels_in_the_pushed_image() {
     let second = fx.build("b", &["--cache-from", &image]);
     assert!(cached(&second, "COPY --from=build"), "{second:#}");
     assert!(cached(&second, "RUN cat"), "{second:#}");
-    assert!(!cached(&second, "RUN echo built"), "{second:#}");
+    // The build stage is not in an inline cache, and is not needed.
+    assert!(!present(&second, "RUN echo built"), "{second:#}");
     assert_eq!(fetched(&second), final_stage_layers(&second), "{second:#}");
     check_image(&fx.dir.join("b"));
 

@@ -104,6 +104,36 @@ pub fn snapshot_info(store: &Store, diff_id: &Digest) -> Option<SnapshotInfo> {
     }
 }
 
+/// Takes the exclusive lock of snapshot `hex` (`snapshots/.lock-<hex>`),
+/// held until the returned file is dropped.
+fn lock_snapshot(snaps: &Path, hex: &str) -> Result<File> {
+    let lock_path = snaps.join(format!(".lock-{hex}"));
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    // rustix's flock rather than `File::lock`, which needs Rust 1.89 (the
+    // workspace's MSRV is 1.85).
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::io(&lock_path, e.into()))?;
+    Ok(lock)
+}
+
+/// Moves `dir` (snapshot `hex`, or what is left of it) aside atomically
+/// to a `.trash-` name, which the collector treats as debris, and returns
+/// that name; the caller deletes it.
+fn move_aside(snaps: &Path, hex: &str, dir: &Path) -> io::Result<PathBuf> {
+    let trash = snaps.join(format!(
+        ".trash-{hex}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::rename(dir, &trash)?;
+    Ok(trash)
+}
+
 /// Unpacks a stored layer into `ROOT/snapshots/<diffid-hex>/fs` once and
 /// returns that path. Whiteouts are stored for overlayfs (0/0 character
 /// devices, `overlay.opaque` xattrs in the namespace
@@ -120,17 +150,7 @@ pub fn snapshot(store: &Store, layer: &LayerDescriptor) -> Result<PathBuf> {
     let snaps = store.root().join("snapshots");
     fs::create_dir_all(&snaps).map_err(|e| Error::io(&snaps, e))?;
     let hex = layer.diff_id.hex();
-    let lock_path = snaps.join(format!(".lock-{hex}"));
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
-    // rustix's flock rather than `File::lock`, which needs Rust 1.89 (the
-    // workspace's MSRV is 1.85).
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| Error::io(&lock_path, e.into()))?;
+    let lock = lock_snapshot(&snaps, hex)?;
     if snapshot_info(store, &layer.diff_id).is_some() {
         return Ok(fs_dir);
     }
@@ -138,12 +158,7 @@ pub fn snapshot(store: &Store, layer: &LayerDescriptor) -> Result<PathBuf> {
     // Holding the layer's lock, any directory for it here is debris of a
     // crash (or of another tool): move it aside atomically, then delete.
     if fs::symlink_metadata(&final_dir).is_ok() {
-        let trash = snaps.join(format!(
-            ".trash-{hex}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::rename(&final_dir, &trash).map_err(|e| Error::io(&final_dir, e))?;
+        let trash = move_aside(&snaps, hex, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
         remove_tree(&trash).map_err(|e| Error::io(&trash, e))?;
     }
     let stale_prefix = format!(".tmp-{hex}-");
@@ -211,26 +226,14 @@ pub(crate) fn publish(store: &Store, diff_id: &Digest, tmp: &Path) -> Result<()>
     let result = (|| -> Result<()> {
         let snaps = store.root().join("snapshots");
         let hex = diff_id.hex();
-        let lock_path = snaps.join(format!(".lock-{hex}"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::io(&lock_path, e.into()))?;
+        let lock = lock_snapshot(&snaps, hex)?;
         if snapshot_info(store, diff_id).is_some() {
             return Ok(());
         }
         let final_dir = snapshot_dir(store, diff_id);
         if fs::symlink_metadata(&final_dir).is_ok() {
-            let trash = snaps.join(format!(
-                ".trash-{hex}-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            fs::rename(&final_dir, &trash).map_err(|e| Error::io(&final_dir, e))?;
+            let trash =
+                move_aside(&snaps, hex, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
             remove_tree(&trash).map_err(|e| Error::io(&trash, e))?;
         }
         fs::rename(tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
@@ -251,25 +254,18 @@ pub(crate) fn publish(store: &Store, diff_id: &Digest, tmp: &Path) -> Result<()>
 pub(crate) fn remove_snapshot(store: &Store, hex: &str) -> bool {
     let snaps = store.root().join("snapshots");
     let dir = snaps.join(hex);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(snaps.join(format!(".lock-{hex}")));
-    if let Ok(l) = &lock {
-        let _ = rustix::fs::flock(l, rustix::fs::FlockOperation::LockExclusive);
-    }
-    let trash = snaps.join(format!(
-        ".trash-{hex}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let moved = fs::rename(&dir, &trash).is_ok();
+    // Without the lock (say, a read-only lock file), moving aside is still
+    // atomic: only a concurrent publisher could race it.
+    let lock = lock_snapshot(&snaps, hex);
+    let moved = move_aside(&snaps, hex, &dir);
     drop(lock);
-    if moved {
-        let _ = remove_tree(&trash);
+    match moved {
+        Ok(trash) => {
+            let _ = remove_tree(&trash);
+            true
+        }
+        Err(_) => false,
     }
-    moved
 }
 
 /// Unpacks and verifies the layer into `tmp/fs`, writes the marker, and

@@ -25,6 +25,10 @@ pub enum ExecError {
     /// solving again rebuilds the steps that made it.
     #[error("a cached layer was damaged: {0}")]
     DamagedCache(String),
+    /// A step the plan expected from the cache was not there: the solve
+    /// starts again, solving everything (never shown to users).
+    #[error("internal: a cached step was not found after all")]
+    Replan,
     /// A bug: an invariant of the graph did not hold.
     #[error("internal error: {0}")]
     Internal(String),

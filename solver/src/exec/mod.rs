@@ -351,7 +351,9 @@ impl Solver {
 
     /// Runs every op `root` needs.
     pub fn solve(self: &Arc<Self>, graph: &Arc<Graph>, root: OpId) -> Result<Solved> {
-        let needed = graph.closure(root);
+        let closure = graph.closure(root);
+        let keys = Arc::new(self.plan_keys(graph, &closure)?);
+        let needed = self.plan_needed(graph, root, &closure, &keys);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.options.jobs.clamp(1, 64))
             .enable_all()
@@ -359,7 +361,17 @@ impl Solver {
             .map_err(ExecError::Io)?;
         let this = Arc::clone(self);
         let graph = Arc::clone(graph);
-        let result = runtime.block_on(async move { this.schedule(graph, needed).await });
+        let result = runtime.block_on(async move {
+            match Arc::clone(&this)
+                .schedule(Arc::clone(&graph), needed, Arc::clone(&keys))
+                .await
+            {
+                // A step expected from the cache was not there after all:
+                // solve everything it could need.
+                Err(ExecError::Replan) => this.schedule(graph, closure, keys).await,
+                other => other,
+            }
+        });
         // Reused entries count as used even when the build failed later.
         let hits = self.hits.lock().map(|h| h.clone()).unwrap_or_default();
         if let Err(e) = self.index.touch(&hits, self.options.now) {
@@ -370,7 +382,111 @@ impl Solver {
         result
     }
 
-    async fn schedule(self: Arc<Self>, graph: Arc<Graph>, needed: Vec<OpId>) -> Result<Solved> {
+    /// The cache key of every op in `ops` (a closure, inputs first),
+    /// computed without running any op: keys depend on inputs' keys, and
+    /// on build contexts, which are at hand.
+    fn plan_keys(&self, graph: &Graph, ops: &[OpId]) -> Result<Vec<Option<String>>> {
+        let n = graph.ops.len();
+        let mut keys: Vec<Option<String>> = vec![None; n];
+        let mut contexts: Vec<Option<Value>> = vec![None; n];
+        for &op in ops {
+            let o = &graph.ops[op];
+            let inputs: Vec<Value> = o
+                .inputs
+                .iter()
+                .map(|&i| {
+                    contexts[i]
+                        .clone()
+                        .unwrap_or_else(|| Value::Fs(FsState::default()))
+                })
+                .collect();
+            let input_keys: Vec<String> = o
+                .inputs
+                .iter()
+                .map(|&i| keys[i].clone().unwrap_or_default())
+                .collect();
+            keys[op] = Some(self.key_of(o, &inputs, &input_keys)?);
+            if let OpKind::Context(c) = &o.kind {
+                if let Some(NamedInput::Dir(source)) = self.contexts.get(&c.name) {
+                    contexts[op] = Some(Value::Context(Arc::clone(source)));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The ops to solve for `root`, looked at from the top, as BuildKit
+    /// does: a step the cache has needs its base (for its layers) but not
+    /// its other inputs (the stage a `COPY --from` reads, a mount's
+    /// source) when solving those would run anything. Inputs that are all
+    /// cache hits are solved anyway: they cost nothing and show as CACHED.
+    fn plan_needed(
+        &self,
+        graph: &Graph,
+        root: OpId,
+        closure: &[OpId],
+        keys: &[Option<String>],
+    ) -> Vec<OpId> {
+        if self.options.no_cache {
+            return closure.to_vec();
+        }
+        let n = graph.ops.len();
+        let mut forced = vec![false; n];
+        let mut hit = vec![false; n];
+        let mut cheap = vec![false; n];
+        for &op in closure {
+            let o = &graph.ops[op];
+            forced[op] = self.no_cache_ops.contains(&op) || o.inputs.iter().any(|&i| forced[i]);
+            let cacheable = matches!(o.kind, OpKind::File(_) | OpKind::Exec(_));
+            hit[op] = cacheable && !forced[op] && keys[op].as_deref().is_some_and(|k| self.peek(k));
+            let free = match o.kind {
+                OpKind::Scratch | OpKind::Image(_) | OpKind::Context(_) | OpKind::Merge => true,
+                OpKind::File(_) | OpKind::Exec(_) => hit[op],
+                OpKind::Http(_) | OpKind::Git(_) => false,
+            };
+            cheap[op] = free && o.inputs.iter().all(|&i| cheap[i]);
+        }
+        let mut needed = BTreeSet::new();
+        let mut stack = vec![root];
+        while let Some(op) = stack.pop() {
+            if !needed.insert(op) {
+                continue;
+            }
+            let inputs = &graph.ops[op].inputs;
+            if hit[op] {
+                for (pos, &i) in inputs.iter().enumerate() {
+                    if pos == 0 || cheap[i] {
+                        stack.push(i);
+                    }
+                }
+            } else {
+                stack.extend(inputs.iter().copied());
+            }
+        }
+        needed.into_iter().collect()
+    }
+
+    /// Whether the cache (local, or imported) has `key`, without checking
+    /// its blob's content (the real lookup does).
+    fn peek(&self, key: &str) -> bool {
+        if self.imported.contains_key(key) {
+            return true;
+        }
+        match self.index.get(key) {
+            Ok(Some(entry)) => entry
+                .layer
+                .as_ref()
+                .is_none_or(|l| layer::layer_available(&self.store, l)),
+            _ => false,
+        }
+    }
+
+    async fn schedule(
+        self: Arc<Self>,
+        graph: Arc<Graph>,
+        needed: Vec<OpId>,
+        keys: Arc<Vec<Option<String>>>,
+    ) -> Result<Solved> {
         let n = graph.ops.len();
         let mut solved = Solved {
             values: vec![None; n],
@@ -385,8 +501,10 @@ impl Solver {
         let mut forced = vec![false; n];
         let mut waiting: BTreeMap<OpId, usize> = BTreeMap::new();
         let mut dependents: Vec<Vec<OpId>> = vec![Vec::new(); n];
+        let is_needed: BTreeSet<OpId> = needed.iter().copied().collect();
         for &op in &needed {
             let mut inputs = graph.ops[op].inputs.clone();
+            inputs.retain(|i| is_needed.contains(i));
             inputs.sort_unstable();
             inputs.dedup();
             for &i in &inputs {
@@ -404,20 +522,22 @@ impl Solver {
         let mut done = 0;
         while done < needed.len() {
             for op in ready.drain(..) {
+                // Inputs left out by the plan get a stand-in: the op is
+                // expected to be a cache hit, which never reads them.
+                let mut partial = false;
                 let inputs: Vec<Value> = graph.ops[op]
                     .inputs
                     .iter()
-                    .map(|&i| {
-                        solved.values[i].clone().ok_or_else(|| {
-                            ExecError::Internal(format!("input {i} of {op} not ready"))
-                        })
+                    .map(|&i| match solved.values[i].clone() {
+                        Some(v) => Ok(v),
+                        None if !is_needed.contains(&i) => {
+                            partial = true;
+                            Ok(Value::Fs(FsState::default()))
+                        }
+                        None => Err(ExecError::Internal(format!("input {i} of {op} not ready"))),
                     })
                     .collect::<Result<_>>()?;
-                let keys: Vec<String> = graph.ops[op]
-                    .inputs
-                    .iter()
-                    .map(|&i| solved.keys[i].clone().unwrap_or_default())
-                    .collect();
+                let key = keys[op].clone().unwrap_or_default();
                 forced[op] = self.no_cache_ops.contains(&op)
                     || graph.ops[op].inputs.iter().any(|&i| forced[i]);
                 let ignore_cache = forced[op];
@@ -427,7 +547,7 @@ impl Solver {
                 running.spawn(async move {
                     let _permit = permit.acquire_owned().await;
                     let result = tokio::task::spawn_blocking(move || {
-                        this.run_op(&graph, op, inputs, keys, ignore_cache)
+                        this.run_op(&graph, op, inputs, key, ignore_cache, partial)
                     })
                     .await;
                     (op, result)
@@ -456,6 +576,12 @@ impl Solver {
                 created,
             } = match result {
                 Ok(Ok(v)) => v,
+                Ok(Err(ExecError::Replan)) => {
+                    // Not a failure: let what runs finish (its results are
+                    // cached for the new solve), then start over.
+                    while running.join_next().await.is_some() {}
+                    return Err(ExecError::Replan);
+                }
                 Ok(Err(e)) => {
                     // One op failed: stop the containers of the others.
                     self.cancel.cancel();
@@ -492,8 +618,9 @@ impl Solver {
         graph: &Graph,
         op: OpId,
         inputs: Vec<Value>,
-        input_keys: Vec<String>,
+        key: String,
         ignore_cache: bool,
+        partial: bool,
     ) -> Result<Outcome> {
         let o = &graph.ops[op];
         let shown = !o.meta.name.is_empty();
@@ -506,7 +633,7 @@ impl Solver {
             });
         }
         let result = self
-            .run_cached(op, o, &inputs, &input_keys, ignore_cache)
+            .run_cached(op, o, &inputs, key, ignore_cache, partial)
             .map(|mut outcome| {
                 outcome.times = (started_at, SystemTime::now());
                 outcome
@@ -518,6 +645,10 @@ impl Solver {
                     elapsed: started.elapsed(),
                     cached: outcome.cached,
                 }),
+                Err(ExecError::Replan) => self.progress.event(Event::Log {
+                    op,
+                    line: "not in the cache after all: solving what it needs".into(),
+                }),
                 Err(e) => self.progress.event(Event::Failed {
                     op,
                     error: e.to_string(),
@@ -525,7 +656,7 @@ impl Solver {
             }
         }
         result.map_err(|e| match e {
-            ExecError::Op { .. } => e,
+            ExecError::Op { .. } | ExecError::Replan => e,
             e if shown => ExecError::Op {
                 name: o.meta.name.clone(),
                 source: Box::new(e),
@@ -534,26 +665,23 @@ impl Solver {
         })
     }
 
-    /// Runs an op, or reuses its result when the cache has its key. A key
-    /// is the op's definition digest, its inputs' keys, and for file ops
-    /// the checksums of what they read from build contexts.
-    fn run_cached(
+    /// An op's cache key: its definition digest, its inputs' keys, and for
+    /// file ops (and bind mounts of contexts) the checksums of what they
+    /// read from build contexts. Needs the values of context inputs only.
+    fn key_of(
         &self,
-        op: OpId,
         o: &crate::graph::Op,
         inputs: &[Value],
         input_keys: &[String],
-        ignore_cache: bool,
-    ) -> Result<Outcome> {
+    ) -> Result<String> {
         let kind = &o.kind;
-        let digest = o.digest.as_str();
         let mut h = sha2::Sha256::new();
         let mut put = |b: &[u8]| {
             h.update((b.len() as u64).to_be_bytes());
             h.update(b);
         };
         put(b"rbuild cache key v1");
-        put(digest.as_bytes());
+        put(o.digest.as_str().as_bytes());
         for k in input_keys {
             put(k.as_bytes());
         }
@@ -567,7 +695,6 @@ impl Solver {
                 put(image.manifest.digest.as_str().as_bytes());
             }
         }
-        let cacheable = matches!(kind, OpKind::File(_) | OpKind::Exec(_));
         if let OpKind::File(file) = kind {
             let views: Vec<FsView> = inputs.iter().map(|_| FsView::default()).collect();
             let sources = self.sources(inputs, &views);
@@ -586,7 +713,25 @@ impl Solver {
                 }
             }
         }
-        let key = format!("sha256:{}", hex::encode(h.finalize()));
+        Ok(format!("sha256:{}", hex::encode(h.finalize())))
+    }
+
+    /// Runs an op, or reuses its result when the cache has `key`. With
+    /// `partial`, some inputs were not solved (only a cache hit was
+    /// expected): a miss is [`ExecError::Replan`].
+    #[allow(clippy::too_many_arguments)]
+    fn run_cached(
+        &self,
+        op: OpId,
+        o: &crate::graph::Op,
+        inputs: &[Value],
+        key: String,
+        ignore_cache: bool,
+        partial: bool,
+    ) -> Result<Outcome> {
+        let kind = &o.kind;
+        let digest = o.digest.as_str();
+        let cacheable = matches!(kind, OpKind::File(_) | OpKind::Exec(_));
         let now = SystemTime::now();
         if cacheable && !self.options.no_cache && !ignore_cache {
             match self.index.lookup(&self.store, &key)? {
@@ -647,6 +792,9 @@ impl Solver {
                     created: e.created,
                 });
             }
+        }
+        if partial {
+            return Err(ExecError::Replan);
         }
         let (value, added) = self.execute(op, kind, digest, inputs)?;
         if cacheable {
