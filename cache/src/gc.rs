@@ -150,8 +150,12 @@ struct Survey {
     debris: Vec<(PathBuf, u64)>,
 }
 
-/// Bytes of files under `path` (apparent sizes; directories count nothing).
+/// Bytes of files under `path` (apparent sizes; directories count
+/// nothing). A file with several links counts its share, size / links:
+/// snapshots hard-link files they share, and the shares add up to what the
+/// disk holds, instead of the file once per snapshot.
 fn tree_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = fs::symlink_metadata(path) else {
         return 0;
     };
@@ -167,7 +171,7 @@ fn tree_size(path: &Path) -> u64 {
             if m.is_dir() {
                 stack.push(ent.path());
             } else if m.is_file() {
-                total += m.len();
+                total += m.len() / m.nlink().max(1);
             }
         }
     }
@@ -754,6 +758,19 @@ mod tests {
         assert_eq!(r.entries, 1);
         assert!(!store.has_blob(&b.digest), "b was used least recently");
         assert!(store.has_blob(&a.digest) && store.has_blob(&c.digest));
+    }
+
+    #[test]
+    fn a_file_shared_by_two_snapshots_counts_once_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("f"), vec![1u8; 1000]).unwrap();
+        fs::write(a.join("g"), vec![1u8; 10]).unwrap();
+        fs::hard_link(a.join("f"), b.join("f")).unwrap();
+        assert_eq!(tree_size(&a) + tree_size(&b), 1010);
+        assert_eq!(tree_size(&b), 500);
     }
 
     #[test]
