@@ -139,7 +139,7 @@ fn threads() -> usize {
 }
 
 /// Bytes gathered before a chunk goes to the blob-writing thread.
-pub(super) const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 1 << 20;
 /// Chunks in flight to the blob-writing thread (bounds memory).
 pub(super) const CHUNKS_IN_FLIGHT: usize = 8;
 
@@ -483,17 +483,31 @@ pub fn recompress_layer(
             ..layer.clone()
         });
     }
+    let reader = open_layer(store, &layer.digest)?;
     let blob_path = store.blob_path(&layer.digest);
+    write_from_reader(store, reader, compression, &layer.diff_id, &blob_path)
+}
+
+/// Streams the uncompressed tar `reader` gives into a new blob, compressed
+/// as asked, reading and hashing + writing on separate threads; the tar
+/// must hash to `diff_id`, else the result is [`Error::Corrupt`] (as is an
+/// `InvalidData` read error from `source`, the reader's origin).
+pub(super) fn write_from_reader(
+    store: &Store,
+    mut reader: impl Read,
+    compression: Compression,
+    diff_id: &Digest,
+    source: &Path,
+) -> Result<LayerDescriptor> {
     let context = store.root().join("tmp");
-    let mut reader = open_layer(store, &layer.digest)?;
-    pipeline(store, compression, Some(&layer.diff_id), |mut sink| {
+    pipeline(store, compression, Some(diff_id), |mut sink| {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) => return Ok(sink),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::from_read(&layer.digest, &blob_path, e)),
+                Err(e) => return Err(Error::from_read(diff_id, source, e)),
             };
             sink.write_all(&buf[..n])
                 .map_err(|e| Error::io(&context, e))?;

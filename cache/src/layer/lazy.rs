@@ -16,7 +16,7 @@
 //! written to after they are published.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -25,7 +25,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::apply::{apply_layer, remove_tree, ApplyOptions, ApplyStats, OverlayXattr, Whiteouts};
 use super::blob::{
-    io_to_error, plain_sink, Compression, LayerDescriptor, LayerSink, CHUNK, CHUNKS_IN_FLIGHT,
+    io_to_error, plain_sink, write_from_reader, Compression, LayerDescriptor, LayerSink,
+    CHUNKS_IN_FLIGHT,
 };
 use super::snapshot::{
     new_tmp_dir, publish, snapshot_dir, snapshot_info, write_marker, SnapshotInfo, TAR_SPLIT_FILE,
@@ -33,7 +34,7 @@ use super::snapshot::{
 use super::split::{read_split, write_split, SplitReader};
 use super::tar_writer::{Origin, SplitRecord, TarWriter};
 use crate::error::{Error, Result};
-use crate::store::{BlobWriter, Store};
+use crate::store::Store;
 use crate::Digest;
 
 /// Reads a tar stream arriving as chunks over a channel, hashing it.
@@ -251,64 +252,11 @@ pub fn materialize(store: &Store, layer: &LayerDescriptor) -> Result<bool> {
     Ok(true)
 }
 
-/// Writes the blob `digest` from `reader` (which does not verify: the
-/// blob writer's hash is the check).
-fn blob_from(store: &Store, mut reader: SplitReader, digest: &Digest) -> Result<()> {
-    let blob = store.blob_writer()?.without_fsync();
-    let blob_tmp = store.root().join("tmp");
-    // Reading the snapshot and hashing + writing the blob overlap: the
-    // writer gets big chunks on a thread of its own.
-    let (tx, rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
-    let (read, written) = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> io::Result<BlobWriter<'_>> {
-            let mut blob = blob;
-            for chunk in rx {
-                blob.write_all(&chunk)?;
-            }
-            Ok(blob)
-        });
-        let read = (|| -> io::Result<()> {
-            loop {
-                let mut chunk = vec![0u8; CHUNK];
-                let mut len = 0;
-                while len < chunk.len() {
-                    match reader.read(&mut chunk[len..]) {
-                        Ok(0) => break,
-                        Ok(n) => len += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                if len == 0 {
-                    return Ok(());
-                }
-                chunk.truncate(len);
-                if tx.send(chunk).is_err() {
-                    return Ok(()); // the writer failed: its error says why
-                }
-            }
-        })();
-        drop(tx);
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("blob writer thread panicked")));
-        (read, written)
-    });
-    match read {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            return Err(Error::Corrupt(e.to_string()))
-        }
-        Err(e) => return Err(Error::io(&blob_tmp, e)),
-    }
-    let blob = written.map_err(|e| Error::io(&blob_tmp, e))?;
-    let (got, _) = blob.commit()?;
-    if &got != digest {
-        return Err(Error::Corrupt(format!(
-            "the snapshot of layer {digest} gives content with digest {got}"
-        )));
-    }
-    Ok(())
+/// Writes the blob `digest` (an uncompressed layer: digest = diffID) from
+/// `reader`, which does not verify: the blob pipeline's hash is the check.
+fn blob_from(store: &Store, reader: SplitReader, digest: &Digest) -> Result<()> {
+    let source = store.root().join("snapshots").join(digest.hex());
+    write_from_reader(store, reader, Compression::None, digest, &source).map(|_| ())
 }
 
 /// Removes the snapshot of a layer that can no longer give its blob.
