@@ -83,7 +83,8 @@ fn failed(e: impl std::fmt::Display) -> Failure {
     Failure::failed(e.to_string())
 }
 
-/// Where a cache lives.
+/// Where a cache lives (and where its layers are fetched from).
+#[derive(Debug, Clone)]
 enum Location {
     Registry(Target),
     Local(PathBuf),
@@ -101,9 +102,10 @@ fn location(spec: &CacheSpec, dir_attr: &str) -> Result<Option<Location>, Failur
             .attrs
             .get(dir_attr)
             .map(|d| Location::Local(PathBuf::from(d)))),
-        // Inline caches live in an image's config; not read or written yet.
+        // An inline cache is no place of its own: it travels in an image
+        // (callers handle it before asking where a cache is).
         _ => Err(Failure::usage(format!(
-            "--cache-{}: type={} is not supported yet (use type=registry or type=local)",
+            "--cache-{}: type={} names no cache location (use type=registry or type=local)",
             if dir_attr == "src" { "from" } else { "to" },
             spec.kind
         ))),
@@ -126,7 +128,7 @@ pub fn import(
     }
     let mut entries = HashMap::new();
     // Where each layer digest can be fetched from.
-    let mut sources: HashMap<Digest, Source> = HashMap::new();
+    let mut sources: HashMap<Digest, Location> = HashMap::new();
     for spec in specs {
         let Some(loc) = location(spec, "src")? else {
             continue;
@@ -143,24 +145,18 @@ pub fn import(
             }
         };
         if flag(spec, "cache-mounts")? {
-            let source = match &loc {
-                Location::Registry(t) => Source::Registry(t.clone()),
-                Location::Local(d) => Source::Local(d.clone()),
-            };
             let registry = remote.map(Remote::registry);
             for m in &config.mounts {
-                if let Err(e) = import_mount(store, registry.as_ref(), &source, m) {
+                if let Err(e) = import_mount(store, registry.as_ref(), &loc, m) {
                     warn(format!("cache mount {:?} was not imported: {e}", m.id));
                 }
             }
         }
         for r in config.records {
             if let Some(l) = &r.layer {
-                let source = match &loc {
-                    Location::Registry(t) => Source::Registry(t.clone()),
-                    Location::Local(d) => Source::Local(d.clone()),
-                };
-                sources.entry(l.digest.clone()).or_insert(source);
+                sources
+                    .entry(l.digest.clone())
+                    .or_insert_with(|| loc.clone());
             }
             entries.entry(r.key.clone()).or_insert(ImportedEntry {
                 layer: r.layer,
@@ -180,12 +176,6 @@ pub fn import(
     Ok(Some((entries, fetcher)))
 }
 
-#[derive(Debug, Clone)]
-enum Source {
-    Registry(Target),
-    Local(PathBuf),
-}
-
 fn describe(loc: &Location) -> String {
     match loc {
         Location::Registry(t) => t.to_string(),
@@ -196,13 +186,13 @@ fn describe(loc: &Location) -> String {
 fn fetch(
     store: &Arc<Store>,
     registry: Option<&Arc<Registry>>,
-    source: &Source,
+    source: &Location,
     l: &LayerDescriptor,
 ) -> Result<(), String> {
     let desc = Descriptor::new(l.media_type.clone(), l.digest.clone(), l.size);
     match source {
-        Source::Local(dir) => copy_blob(&dir.join(blob_rel(&l.digest)), store, &l.digest),
-        Source::Registry(target) => {
+        Location::Local(dir) => copy_blob(&dir.join(blob_rel(&l.digest)), store, &l.digest),
+        Location::Registry(target) => {
             let registry = registry
                 .cloned()
                 .ok_or("no registry client for this build")?;
@@ -283,7 +273,7 @@ fn export_mounts(
 fn import_mount(
     store: &Arc<Store>,
     registry: Option<&Arc<Registry>>,
-    source: &Source,
+    source: &Location,
     m: &MountRecord,
 ) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;

@@ -165,22 +165,20 @@ where
     out
 }
 
-/// The snapshot directory of a layer kept without its blob, when it is
-/// complete and its split is there.
-fn split_snapshot(store: &Store, layer: &LayerDescriptor) -> Option<PathBuf> {
-    if layer.digest != layer.diff_id {
-        return None;
-    }
-    let info = snapshot_info(store, &layer.diff_id)?;
-    let dir = snapshot_dir(store, &layer.diff_id);
-    (info.tar_split && info.digest == layer.digest && dir.join(TAR_SPLIT_FILE).is_file())
-        .then_some(dir)
+/// The snapshot directory of the uncompressed layer `digest` (its
+/// diffID too) kept without its blob, when it is complete and its split
+/// is there.
+fn split_snapshot(store: &Store, digest: &Digest) -> Option<PathBuf> {
+    let info = snapshot_info(store, digest)?;
+    let dir = snapshot_dir(store, digest);
+    (info.tar_split && &info.digest == digest && dir.join(TAR_SPLIT_FILE).is_file()).then_some(dir)
 }
 
 /// Whether the layer can be had: its blob is stored, or it is kept as a
 /// snapshot its blob can be made from.
 pub fn layer_available(store: &Store, layer: &LayerDescriptor) -> bool {
-    store.has_blob(&layer.digest) || split_snapshot(store, layer).is_some()
+    store.has_blob(&layer.digest)
+        || (layer.digest == layer.diff_id && split_snapshot(store, &layer.digest).is_some())
 }
 
 /// The tar stream of an uncompressed layer kept as a snapshot, verified
@@ -191,13 +189,7 @@ pub(crate) fn open_split_layer(store: &Store, digest: &Digest) -> Result<Option<
 }
 
 fn split_layer(store: &Store, digest: &Digest, verify: bool) -> Result<Option<SplitReader>> {
-    let layer = LayerDescriptor {
-        diff_id: digest.clone(),
-        digest: digest.clone(),
-        size: 0,
-        media_type: Compression::None.media_type().to_string(),
-    };
-    let Some(dir) = split_snapshot(store, &layer) else {
+    let Some(dir) = split_snapshot(store, digest) else {
         return Ok(None);
     };
     let split = read_split(&dir.join(TAR_SPLIT_FILE))?;

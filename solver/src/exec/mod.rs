@@ -125,6 +125,30 @@ struct Outcome {
     created: i64,
 }
 
+/// The outcome of a step reused from a cache: its base's layers plus the
+/// one it added.
+fn reused(
+    inputs: &[Value],
+    added: Option<LayerDescriptor>,
+    key: String,
+    created: i64,
+    now: SystemTime,
+) -> Outcome {
+    let mut layers = match inputs.first() {
+        Some(Value::Fs(fs)) => fs.layers.clone(),
+        _ => Vec::new(),
+    };
+    layers.extend(added.clone());
+    Outcome {
+        value: Value::Fs(FsState { layers }),
+        added,
+        key,
+        cached: true,
+        times: (now, now),
+        created,
+    }
+}
+
 /// A cache entry another store exported (`--cache-from`): the step's
 /// result, its layer's blob fetched only if something needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,14 +316,7 @@ impl Solver {
                 f.push(l.digest.clone());
             }
             if let Some(e) = self.imported.get(&key) {
-                let entry = index::Entry {
-                    stamp: FileStamp::of(&self.store.blob_path(&l.digest)),
-                    layer: Some(l.clone()),
-                    created: e.created,
-                    last_used: self.options.now,
-                    description: e.description.clone(),
-                };
-                self.index.put(&key, &entry)?;
+                self.record(&key, Some(l), e.created, &e.description)?;
             }
         }
         Ok(())
@@ -742,19 +759,7 @@ impl Solver {
                     if let Ok(mut hits) = self.hits.lock() {
                         hits.push(key.clone());
                     }
-                    let mut layers = match inputs.first() {
-                        Some(Value::Fs(fs)) => fs.layers.clone(),
-                        _ => Vec::new(),
-                    };
-                    layers.extend(added.clone());
-                    return Ok(Outcome {
-                        value: Value::Fs(FsState { layers }),
-                        added,
-                        key,
-                        cached: true,
-                        times: (now, now),
-                        created,
-                    });
+                    return Ok(reused(inputs, added, key, created, now));
                 }
                 Lookup::Broken(why) => self.progress.event(Event::Log {
                     op,
@@ -769,28 +774,9 @@ impl Solver {
                     }
                 } else {
                     // Nothing to fetch: the entry is as good as local.
-                    let entry = index::Entry {
-                        stamp: None,
-                        layer: None,
-                        created: e.created,
-                        last_used: self.options.now,
-                        description: e.description.clone(),
-                    };
-                    self.index.put(&key, &entry)?;
+                    self.record(&key, None, e.created, &e.description)?;
                 }
-                let mut layers = match inputs.first() {
-                    Some(Value::Fs(fs)) => fs.layers.clone(),
-                    _ => Vec::new(),
-                };
-                layers.extend(e.layer.clone());
-                return Ok(Outcome {
-                    value: Value::Fs(FsState { layers }),
-                    added: e.layer.clone(),
-                    key,
-                    cached: true,
-                    times: (now, now),
-                    created: e.created,
-                });
+                return Ok(reused(inputs, e.layer.clone(), key, e.created, now));
             }
         }
         if partial {
@@ -798,17 +784,7 @@ impl Solver {
         }
         let (value, added) = self.execute(op, kind, digest, inputs)?;
         if cacheable {
-            let now = self.options.now;
-            let entry = index::Entry {
-                stamp: added
-                    .as_ref()
-                    .and_then(|l| FileStamp::of(&self.store.blob_path(&l.digest))),
-                layer: added.clone(),
-                created: now,
-                last_used: now,
-                description: o.meta.name.clone(),
-            };
-            self.index.put(&key, &entry)?;
+            self.record(&key, added.as_ref(), self.options.now, &o.meta.name)?;
             if let Some(l) = &added {
                 // Just written and hashed: known good as its file is now.
                 self.index.record_verified(&self.store, &l.digest)?;
@@ -822,6 +798,25 @@ impl Solver {
             times: (now, now),
             created: self.options.now,
         })
+    }
+
+    /// Stores the cache entry `key` → `layer`, used now, stamped with its
+    /// blob's file as it is (none for a layer kept as a snapshot).
+    fn record(
+        &self,
+        key: &str,
+        layer: Option<&LayerDescriptor>,
+        created: i64,
+        description: &str,
+    ) -> Result<()> {
+        let entry = index::Entry {
+            stamp: layer.and_then(|l| FileStamp::of(&self.store.blob_path(&l.digest))),
+            layer: layer.cloned(),
+            created,
+            last_used: self.options.now,
+            description: description.to_string(),
+        };
+        Ok(self.index.put(key, &entry)?)
     }
 
     /// The inputs of a file op as COPY sources.
