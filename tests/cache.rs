@@ -248,15 +248,6 @@ impl Fx {
     }
 }
 
-fn root_only(what: &str) -> bool {
-    if is_root() {
-        true
-    } else {
-        eprintln!("note: not root: skipping {what} (RUN needs the rootful sandbox here)");
-        false
-    }
-}
-
 /// `count` of one kind in `du --format json`.
 fn du_count(du: &Value, kind: &str) -> u64 {
     du["kinds"]

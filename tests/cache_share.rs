@@ -151,8 +151,7 @@ fn share(fx: &Fx, to: &dyn Fn(&str) -> String, from: &dyn Fn(&str) -> String) {
 
 #[test]
 fn a_registry_cache_gives_a_fresh_store_every_step_and_only_the_image_layers() {
-    if !is_root() {
-        eprintln!("note: not root: skipping the registry cache test");
+    if !root_only("the registry cache test") {
         return;
     }
     if !registry_tools("the registry cache test") {
@@ -186,8 +185,7 @@ fn a_registry_cache_gives_a_fresh_store_every_step_and_only_the_image_layers() {
 
 #[test]
 fn a_local_cache_gives_a_fresh_store_every_step_and_only_the_image_layers() {
-    if !is_root() {
-        eprintln!("note: not root: skipping the local cache test");
+    if !root_only("the local cache test") {
         return;
     }
     let fx = Fx::new();
@@ -204,8 +202,7 @@ fn a_local_cache_gives_a_fresh_store_every_step_and_only_the_image_layers() {
 
 #[test]
 fn an_inline_cache_travels_in_the_pushed_image() {
-    if !is_root() {
-        eprintln!("note: not root: skipping the inline cache test");
+    if !root_only("the inline cache test") {
         return;
     }
     if !registry_tools("the inline cache test") {
@@ -248,8 +245,7 @@ fn an_inline_cache_travels_in_the_pushed_image() {
 
 #[test]
 fn cache_mount_contents_travel_only_when_asked() {
-    if !is_root() {
-        eprintln!("note: not root: skipping the cache mount export test");
+    if !root_only("the cache mount export test") {
         return;
     }
     let fx = Fx::new();
@@ -326,8 +322,7 @@ fn cache_mount_contents_travel_only_when_asked() {
 
 #[test]
 fn a_ci_rebuild_with_source_date_epoch_pushes_the_same_digest() {
-    if !is_root() {
-        eprintln!("note: not root: skipping the reproducible push test");
+    if !root_only("the reproducible push test") {
         return;
     }
     if !registry_tools("the reproducible push test") {

@@ -48,15 +48,6 @@ impl Fx {
     }
 }
 
-fn root_only(what: &str) -> bool {
-    if is_root() {
-        true
-    } else {
-        eprintln!("note: not root: skipping {what} (RUN needs the rootful sandbox here)");
-        false
-    }
-}
-
 #[test]
 fn a_logfile_keeps_every_line_of_a_20_mb_output() {
     if !root_only("a_logfile_keeps_every_line_of_a_20_mb_output") {
@@ -358,8 +349,15 @@ fn plain_steps(out: &str) -> String {
             }
         }
     }
+    summary(names.values(), &events)
+}
+
+/// One line per step name with what it printed, sorted.
+fn summary<'a>(
+    names: impl Iterator<Item = &'a String>,
+    events: &BTreeMap<String, Vec<String>>,
+) -> String {
     names
-        .values()
         .map(|n| {
             format!(
                 "{n}: {}\n",
@@ -408,17 +406,7 @@ fn json_steps(out: &str) -> String {
         result.is_some_and(|r| r.starts_with("sha256:")),
         "no result event:\n{out}"
     );
-    names
-        .values()
-        .map(|n| {
-            format!(
-                "{n}: {}\n",
-                events.get(n).map(|e| e.join(" | ")).unwrap_or_default()
-            )
-        })
-        .collect::<BTreeSet<String>>()
-        .into_iter()
-        .collect()
+    summary(names.values(), &events)
 }
 
 #[test]

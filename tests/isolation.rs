@@ -58,15 +58,6 @@ impl Fx {
     }
 }
 
-fn root_only(what: &str) -> bool {
-    if is_root() {
-        true
-    } else {
-        eprintln!("note: not root: skipping {what}");
-        false
-    }
-}
-
 /// A `Name:\tvalue` line of a /proc/PID/status text.
 fn status_field(status: &str, name: &str) -> String {
     status

@@ -85,15 +85,6 @@ impl Fx {
     }
 }
 
-fn root_only(what: &str) -> bool {
-    if is_root() {
-        true
-    } else {
-        eprintln!("note: not root: skipping {what} (run_rootless.rs covers rootless builds)");
-        false
-    }
-}
-
 fn paths(entries: &[LayerEntry]) -> Vec<&str> {
     entries.iter().map(|e| e.path.as_str()).collect()
 }

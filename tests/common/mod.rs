@@ -107,6 +107,17 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether this test can run RUN steps (as root); says why it is skipped
+/// when not.
+pub fn root_only(what: &str) -> bool {
+    if is_root() {
+        true
+    } else {
+        eprintln!("note: not root: skipping {what} (RUN needs the rootful sandbox here; run_rootless.rs covers rootless builds)");
+        false
+    }
+}
+
 /// Runs a shell-free external command and returns stdout, asserting success.
 pub fn ok_stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&ok(cmd).stdout).into_owned()
